@@ -1,0 +1,1 @@
+"""Code generation: the only package that imports TVM. IR -> Relax -> per-target build."""

@@ -1,0 +1,159 @@
+"""Lower an hwsim IR graph to a Relax module: one converter per IR op, no detour through ONNX."""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from tvm import relax
+from tvm.relax import op as R
+
+from hwsim.ir import Graph, Node, Op, OpGroup, Value
+
+Lowering = Callable[[list[relax.Expr], dict[str, Any], Node], relax.Expr]
+
+
+def _scalar(value: float | int, like: Value) -> relax.Expr:
+    return relax.const(value, like.type.dtype.value)
+
+
+def _wrap_negative(idx: relax.Expr, n: int, v: Value) -> relax.Expr:
+    """ONNX indices may be negative; Relax's take/gather_elements assume [0, n)."""
+    if v.is_const:
+        return idx
+    zero, dim = _scalar(0, v), _scalar(n, v)
+    return R.where(R.less(idx, zero), R.add(idx, dim), idx)
+
+
+def _layer_norm(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
+    shape = n.inputs[0].type.shape
+    axes = list(range(a["axis"], len(shape)))
+    norm_shape = relax.ShapeExpr(list(shape[a["axis"]:]))
+    gamma = R.broadcast_to(x[1], norm_shape)
+    beta = R.broadcast_to(x[2], norm_shape) if len(x) == 3 else \
+        relax.const(np.zeros(shape[a["axis"]:], n.inputs[0].type.dtype.numpy))
+    return R.nn.layer_norm(x[0], gamma, beta, axes=axes, epsilon=a["epsilon"])
+
+
+def _slice(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
+    shape = n.inputs[0].type.shape
+    out, flips = x[0], []
+    begins, ends, strides = [], [], []
+    for s, e, ax, st in zip(a["starts"], a["ends"], a["axes"], a["steps"], strict=True):
+        r = range(*slice(s, e, st).indices(shape[ax]))
+        if st < 0:  # take the same elements forwards, then flip them
+            r = r[::-1]
+            flips.append(ax)
+        begins.append(r.start if len(r) else 0)
+        ends.append(r.stop if len(r) else 0)
+        strides.append(r.step)
+    out = R.strided_slice(out, list(a["axes"]), begins, ends, strides)
+    for ax in flips:
+        out = R.flip(out, ax)
+    return out
+
+
+def _split(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
+    return R.split(x[0], [int(i) for i in np.cumsum(a["sizes"])[:-1]], axis=a["axis"])
+
+
+def _cumsum(x: relax.Expr, a: dict) -> relax.Expr:
+    if a["reverse"]:
+        x = R.flip(x, a["axis"])
+    y = R.cumsum(x, axis=a["axis"], exclusive=bool(a["exclusive"]))
+    return R.flip(y, a["axis"]) if a["reverse"] else y
+
+
+def _matmul(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
+    if n.inputs[0].type.dtype.value == "float16":  # accumulate in fp32, as the interpreter defines
+        return R.astype(R.matmul(x[0], x[1], out_dtype="float32"), "float16")
+    return R.matmul(x[0], x[1])
+
+
+def _gelu(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
+    return R.nn.gelu_tanh(x[0]) if a["approximate"] == "tanh" else R.nn.gelu(x[0])
+
+
+LOWERINGS: dict[Op, Lowering] = {
+    Op.NEG: lambda x, a, n: R.negative(x[0]),
+    Op.ABS: lambda x, a, n: R.abs(x[0]),
+    Op.SQRT: lambda x, a, n: R.sqrt(x[0]),
+    Op.RECIPROCAL: lambda x, a, n: R.divide(_scalar(1, n.inputs[0]), x[0]),
+    Op.EXP: lambda x, a, n: R.exp(x[0]),
+    Op.LOG: lambda x, a, n: R.log(x[0]),
+    Op.SIN: lambda x, a, n: R.sin(x[0]),
+    Op.COS: lambda x, a, n: R.cos(x[0]),
+    Op.TANH: lambda x, a, n: R.tanh(x[0]),
+    Op.SIGMOID: lambda x, a, n: R.sigmoid(x[0]),
+    Op.RELU: lambda x, a, n: R.nn.relu(x[0]),
+    Op.ERF: lambda x, a, n: R.erf(x[0]),
+    Op.GELU: _gelu,
+    Op.FLOOR: lambda x, a, n: R.floor(x[0]),
+    Op.CEIL: lambda x, a, n: R.ceil(x[0]),
+    Op.ISNAN: lambda x, a, n: R.isnan(x[0]),
+    Op.NOT: lambda x, a, n: R.logical_not(x[0]),
+    Op.CAST: lambda x, a, n: R.astype(x[0], a["to"].value),
+    Op.ADD: lambda x, a, n: R.add(x[0], x[1]),
+    Op.SUB: lambda x, a, n: R.subtract(x[0], x[1]),
+    Op.MUL: lambda x, a, n: R.multiply(x[0], x[1]),
+    Op.DIV: lambda x, a, n: R.divide(x[0], x[1]),
+    Op.POW: lambda x, a, n: R.power(x[0], x[1]),
+    Op.MAX: lambda x, a, n: R.maximum(x[0], x[1]),
+    Op.MIN: lambda x, a, n: R.minimum(x[0], x[1]),
+    Op.EQUAL: lambda x, a, n: R.equal(x[0], x[1]),
+    Op.LESS: lambda x, a, n: R.less(x[0], x[1]),
+    Op.LESS_EQUAL: lambda x, a, n: R.less_equal(x[0], x[1]),
+    Op.GREATER: lambda x, a, n: R.greater(x[0], x[1]),
+    Op.GREATER_EQUAL: lambda x, a, n: R.greater_equal(x[0], x[1]),
+    Op.AND: lambda x, a, n: R.logical_and(x[0], x[1]),
+    Op.OR: lambda x, a, n: R.logical_or(x[0], x[1]),
+    Op.WHERE: lambda x, a, n: R.where(x[0], x[1], x[2]),
+    Op.MATMUL: _matmul,
+    Op.SOFTMAX: lambda x, a, n: R.nn.softmax(x[0], axis=a["axis"]),
+    Op.LAYER_NORM: _layer_norm,
+    Op.REDUCE_SUM: lambda x, a, n: R.sum(x[0], axis=list(a["axes"]), keepdims=bool(a["keepdims"])),
+    Op.REDUCE_MEAN: lambda x, a, n: R.mean(x[0], axis=list(a["axes"]), keepdims=bool(a["keepdims"])),
+    Op.REDUCE_MAX: lambda x, a, n: R.max(x[0], axis=list(a["axes"]), keepdims=bool(a["keepdims"])),
+    Op.RESHAPE: lambda x, a, n: R.reshape(x[0], list(a["shape"])),
+    Op.TRANSPOSE: lambda x, a, n: R.permute_dims(x[0], list(a["perm"])),
+    Op.CONCAT: lambda x, a, n: R.concat(x, axis=a["axis"]),
+    Op.SPLIT: _split,
+    Op.SLICE: _slice,
+    Op.GATHER: lambda x, a, n: R.take(  # clip: an out-of-range runtime index must not read wild memory
+        x[0], _wrap_negative(x[1], n.inputs[0].type.shape[a["axis"]], n.inputs[1]), axis=a["axis"],
+        mode="fast" if n.inputs[1].is_const else "clip"),
+    Op.GATHER_ELEMENTS: lambda x, a, n: R.gather_elements(
+        x[0], _wrap_negative(x[1], n.inputs[0].type.shape[a["axis"]], n.inputs[1]), axis=a["axis"]),
+    Op.GATHER_ND: lambda x, a, n: R.gather_nd(x[0], x[1], batch_dims=a["batch_dims"]),
+    Op.CUMSUM: lambda x, a, n: _cumsum(x[0], a),
+    Op.BROADCAST_TO: lambda x, a, n: R.broadcast_to(x[0], list(a["shape"])),
+    Op.TRILU: lambda x, a, n: (R.triu if a["upper"] else R.tril)(x[0], a["k"]),
+}
+assert set(LOWERINGS) == set(Op), f"ops without a Relax lowering: {set(Op) - set(LOWERINGS)}"
+assert set(LOWERINGS) >= OpGroup.UNARY
+
+
+def to_relax(graph: Graph) -> "relax.IRModule":
+    """Build a Relax module whose `main` takes the graph inputs (in order) and returns its outputs."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(v.name, relax.TensorType(v.type.shape, v.type.dtype.value)) for v in graph.inputs]
+    env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
+
+    def arg(v: Value) -> relax.Expr:
+        if id(v) not in env:
+            env[id(v)] = relax.const(v.data)
+        return env[id(v)]
+
+    with bb.function("main", params):
+        with bb.dataflow():
+            for n in graph.nodes:
+                expr = LOWERINGS[n.op]([arg(v) for v in n.inputs], n.attrs, n)
+                if len(n.outputs) == 1:
+                    env[id(n.outputs[0])] = bb.emit(expr, name_hint=n.outputs[0].name)
+                else:
+                    tup = bb.emit(expr)
+                    for i, v in enumerate(n.outputs):
+                        env[id(v)] = bb.emit(relax.TupleGetItem(tup, i), name_hint=v.name)
+            outs = [arg(v) for v in graph.outputs]
+            result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
+        bb.emit_func_output(result)
+    return bb.get()

@@ -1,0 +1,1 @@
+"""Per-target TIR schedule rules (dlight-style), applied after Relax fusion."""

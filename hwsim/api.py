@@ -1,0 +1,260 @@
+"""The typed Python API behind the CLI: compile and inspect.
+
+`compile_model` takes a model (an .onnx path or a built-in name) through import -> passes -> TVM
+build -> verification against onnxruntime -> measurement, and writes an output directory atomically.
+"""
+
+import platform
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from hwsim import interp
+from hwsim.artifacts import (
+    atomic_dir,
+    sha256_file,
+    sha256_json,
+    sha256_text,
+    source_hash,
+    tool_versions,
+    write_json,
+)
+from hwsim.errors import HwsimError, VerificationError
+from hwsim.frontend import import_model, load_onnx
+from hwsim.frontend.importer import graph_name
+from hwsim.ir import Graph, print_graph
+from hwsim.passes import DEFAULT_PIPELINE, run_pipeline
+from hwsim.reference import compare, onnxruntime_session, random_inputs, run_onnxruntime, time_onnxruntime
+from models.zoo import DEFAULT_MODEL, ZOO, zoo_onnx
+from targets import Target, load_target
+
+MANIFEST_SCHEMA = "hwsim.manifest/1"
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    path: Path
+    default_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    builtin: bool = False
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    cached: bool
+
+
+def resolve_model(model: str | None, progress: Progress | None = None) -> ModelSource:
+    """An .onnx path, or a built-in model name (exported and cached on first use)."""
+    model = model or DEFAULT_MODEL
+    path = Path(model)
+    if path.suffix == ".onnx" or path.exists():
+        if not path.is_file():
+            raise HwsimError(f"{path}: no such file")
+        return ModelSource(graph_name(path), path.resolve())
+    onnx_path = zoo_onnx(model, on_build=progress)
+    return ModelSource(model, onnx_path, dict(ZOO[model].default_shapes), builtin=True)
+
+
+def _model_files(path: Path) -> list[Path]:
+    """The .onnx file and the external data files it references (their bytes define the model)."""
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable models are reported by load_onnx with a proper message
+        return [path]
+    files = {path}
+    for t in proto.graph.initializer:
+        for kv in t.external_data:
+            if kv.key == "location":
+                files.add(path.parent / kv.value)
+    return sorted(files)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def import_graph(src: ModelSource, shapes: dict[str, tuple[int, ...]] | None) -> Graph:
+    """Load, import and run the default pass pipeline; shapes given override the model's defaults."""
+    graph = import_model(load_onnx(src.path), {**src.default_shapes, **(shapes or {})}, name=src.name)
+    run_pipeline(graph, DEFAULT_PIPELINE)
+    return graph
+
+
+def default_out_dir(src: ModelSource, target: Target) -> Path:
+    return Path("build") / src.name / target.name
+
+
+def compile_model(model: str | None = None, *, target: str = "host",
+                  shapes: dict[str, tuple[int, ...]] | None = None, out: Path | None = None,
+                  force: bool = False, seed: int = 0, rtol: float = 1e-3, runs: int = 20,
+                  progress: Progress | None = None) -> CompileResult:
+    """Compile, verify and measure; returns the output directory and its manifest.
+
+    An output directory that already holds a build with the same cache key is reused (a warm
+    rebuild is a cache hit); any other existing directory needs `force`.
+    """
+    step = progress or (lambda _msg: None)
+    step("resolving model")
+    src = resolve_model(model, step)
+    spec = load_target(target)
+    out_dir = Path(out) if out else default_out_dir(src, spec)
+    files = _model_files(src.path)
+    options = {"shapes": {k: list(v) for k, v in sorted((shapes or {}).items())}, "seed": seed, "rtol": rtol,
+               "runs": runs}
+    key = sha256_json({"model": [sha256_file(f) for f in files if f.is_file()], "options": options,
+                       "default_shapes": {k: list(v) for k, v in src.default_shapes.items()},
+                       "target": spec.source.read_text(), "cpu": _cpu_name(), "tools": tool_versions(),
+                       "source": source_hash()})
+    cached = _cached_manifest(out_dir, key)
+    if cached is not None:
+        return CompileResult(out_dir, cached, cached=True)
+    if out_dir.exists() and not force:
+        raise HwsimError(f"{out_dir} already exists and holds a different build: pass --force to replace it, "
+                         "or choose another --out")
+    with atomic_dir(out_dir, force=force) as tmp:
+        manifest = _build(src, spec, shapes, tmp, seed=seed, rtol=rtol, runs=runs, step=step)
+        manifest.update(cache_key=key, options=options,
+                        model={"name": src.name, "path": str(src.path), "builtin": src.builtin,
+                               "files": {f.name: sha256_file(f) for f in files}})
+        write_json(tmp / "manifest.json", manifest)
+    return CompileResult(out_dir, manifest, cached=False)
+
+
+def _cached_manifest(out_dir: Path, key: str) -> dict[str, Any] | None:
+    import json
+
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("cache_key") == key and (out_dir / manifest["artifacts"]["library"]["file"]).is_file():
+        return manifest
+    return None
+
+
+def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | None, tmp: Path, *,
+           seed: int, rtol: float, runs: int, step: Progress) -> dict[str, Any]:
+    from codegen import host
+    from codegen.relax_lower import to_relax
+
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        step(name)
+        t0 = time.perf_counter()
+        result = fn()
+        timings[name] = round(time.perf_counter() - t0, 3)
+        return result
+
+    graph = timed("importing ONNX into the IR", lambda: import_graph(src, shapes))
+    ir_text = print_graph(graph)
+    (tmp / "ir.txt").write_text(ir_text)
+    tvm_target = host.tvm_target(spec)
+    mod = timed("lowering to Relax", lambda: to_relax(graph))
+    lib = tmp / "model.so"
+    timed("building with TVM", lambda: host.export(host.build(mod, tvm_target), lib))
+
+    threads = int(tvm_target.attrs["num-cores"])
+    inputs = random_inputs(graph, seed)
+    names = [v.name for v in graph.inputs]
+    session = onnxruntime_session(src.path, threads)
+    vm = host.load(lib)
+
+    def verify() -> list[dict[str, Any]]:
+        ref = run_onnxruntime(session, names, inputs)
+        got = host.run(vm, inputs)
+        oracle = interp.run(graph, dict(zip(names, inputs, strict=True)))
+        out_names = [o.name for o in session.get_outputs()]
+        rows = []
+        for name, g, r, o in zip(out_names, got, ref, oracle, strict=True):
+            tvm_cmp, interp_cmp = compare(name, g, r, rtol), compare(name, o, r, rtol)
+            rows.append({"name": name, "shape": list(r.shape), "dtype": str(r.dtype),
+                         "max_abs_err": tvm_cmp.max_abs_err, "max_rel_err": tvm_cmp.max_rel_err,
+                         "ok": tvm_cmp.ok, "interpreter_max_rel_err": interp_cmp.max_rel_err,
+                         "_describe": tvm_cmp.describe()})
+        return rows
+
+    rows = timed("verifying against onnxruntime", verify)
+    bad = [r for r in rows if not r["ok"]]
+    if bad:
+        raise VerificationError("; ".join(f"{r['_describe']} exceeds rtol {rtol:g}" for r in bad)
+                                + " (TVM build vs onnxruntime)")
+    for r in rows:
+        del r["_describe"]
+
+    tvm_ms = timed("measuring latency", lambda: host.time_ms(vm, inputs, repeat=runs))
+    ort_ms = time_onnxruntime(session, names, inputs, len(tvm_ms))
+    device = f"{spec.name}: {_cpu_name()} ({tvm_target.attrs['mcpu']}), {threads} threads"
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "target": {"name": spec.name, "kind": spec.kind, "tvm": str(tvm_target), "device": device},
+        "tools": tool_versions(),
+        "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype.value}
+                   for v in graph.inputs],
+        "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text), "nodes": len(graph.nodes),
+               "ops": dict(sorted(Counter(n.op.name for n in graph.nodes).items())),
+               "param_bytes": graph.param_bytes()},
+        "artifacts": {"library": {"file": lib.name, "sha256": sha256_file(lib)},
+                      "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text)}},
+        "verification": {"reference": "onnxruntime", "seed": seed, "rtol": rtol,
+                         "passed": True, "outputs": rows},
+        "latency": {
+            "tvm": _latency(tvm_ms, device),
+            "onnxruntime": _latency(ort_ms, device),
+            "tvm_over_onnxruntime": round(float(np.median(tvm_ms) / np.median(ort_ms)), 3),
+        },
+        "compile_seconds": timings,
+    }
+
+
+def _latency(times_ms: list[float], device: str) -> dict[str, Any]:
+    return {"provenance": "measured", "device": device, "median_ms": round(float(np.median(times_ms)), 4),
+            "min_ms": round(float(np.min(times_ms)), 4), "runs": len(times_ms)}
+
+
+@dataclass(frozen=True)
+class InspectReport:
+    name: str
+    nodes: int
+    ops: dict[str, int]
+    param_bytes_by_dtype: dict[str, int]
+    largest: list[dict[str, Any]]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+
+
+def inspect_model(model: str | None = None, *, shapes: dict[str, tuple[int, ...]] | None = None,
+                  top: int = 10, progress: Progress | None = None) -> InspectReport:
+    """IR summary: ops by type, parameter bytes by dtype, the largest tensors."""
+    src = resolve_model(model, progress)
+    graph = import_graph(src, shapes)
+    by_dtype: Counter[str] = Counter()
+    for c in graph.constants():
+        by_dtype[c.type.dtype.value] += c.type.nbytes
+    values = sorted(graph.values(), key=lambda v: (-v.type.nbytes, v.name))[:top]
+    return InspectReport(
+        name=src.name, nodes=len(graph.nodes),
+        ops=dict(Counter(n.op.name for n in graph.nodes).most_common()),
+        param_bytes_by_dtype=dict(by_dtype.most_common()),
+        largest=[{"name": v.name, "type": str(v.type), "bytes": v.type.nbytes,
+                  "kind": "constant" if v.is_const else "input" if v.producer is None else "activation"}
+                 for v in values],
+        inputs=[{"name": v.name, "type": str(v.type)} for v in graph.inputs],
+        outputs=[{"name": v.name, "type": str(v.type)} for v in graph.outputs],
+    )

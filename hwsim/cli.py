@@ -1,0 +1,134 @@
+"""The `hwsim` command: a thin layer over `hwsim.api` that parses options and prints results.
+
+Exit codes: 0 success, 1 a built artifact failed verification, 2 bad input (one line on stderr).
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hwsim.errors import HwsimError, VerificationError
+
+err_console = Console(stderr=True)
+
+
+def _shapes(specs: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    from hwsim.frontend.reader import parse_shape_option
+
+    return dict(parse_shape_option(s) for s in specs)
+
+
+class _Cli(click.Group):
+    """Turns hwsim's error types into one line and an exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HwsimError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except VerificationError as e:
+            err_console.print(f"[bold red]verification failed:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Cli)
+@click.version_option(package_name="hwsim")
+def main() -> None:
+    """hwsim: what does this low-bit format cost on that chip?
+
+    Compile ONNX models (or built-in ones) through hwsim's graph IR to TVM-built artifacts, verified
+    against onnxruntime and measured. Start with `hwsim compile`.
+    """
+
+
+_SHAPE_HELP = ("fix an input's shape, e.g. --shape input_ids=1x128 (repeatable); needed for dynamic dims "
+               "of ONNX files, optional for built-in models")
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--target", default="host", show_default=True, help="target name (see targets/) or a .toml file")
+@click.option("--shape", "shape", multiple=True, metavar="NAME=DIMS", help=_SHAPE_HELP)
+@click.option("--out", type=click.Path(path_type=Path), help="output directory [default: build/MODEL/TARGET]")
+@click.option("--force", is_flag=True, help="replace an existing output directory")
+@click.option("--seed", default=0, show_default=True, help="seed of the random verification inputs")
+@click.option("--rtol", default=1e-3, show_default=True,
+              help="max allowed |tvm - onnxruntime| / max|onnxruntime| per output")
+@click.option("--runs", default=20, show_default=True, help="minimum timed runs for the latency medians")
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON instead of a summary")
+def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | None, force: bool, seed: int,
+            rtol: float, runs: int, as_json: bool) -> None:
+    """Compile MODEL (an .onnx file or a built-in model; default: tiny-llama) for TARGET.
+
+    Imports the model into the IR, builds it with TVM, verifies the artifact against onnxruntime on
+    seeded random inputs (exit 1 on a mismatch) and measures its latency beside onnxruntime's.
+    Writes the library, the IR dump and manifest.json into the output directory.
+    """
+    from hwsim.api import compile_model
+
+    with err_console.status("starting", spinner="dots") as status:
+        result = compile_model(model, target=target, shapes=_shapes(shape), out=out, force=force, seed=seed,
+                               rtol=rtol, runs=runs, progress=lambda msg: status.update(msg + " ..."))
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=2, sort_keys=True))
+        return
+    m = result.manifest
+    table = Table(title=f"{m['model']['name']} on {m['target']['name']}" + (" (cached)" if result.cached else ""))
+    table.add_column("output")
+    table.add_column("max abs err", justify="right")
+    table.add_column("rel err", justify="right")
+    for r in m["verification"]["outputs"]:
+        table.add_row(r["name"], f"{r['max_abs_err']:.2e}", f"{r['max_rel_err']:.2e}")
+    console = Console()
+    console.print(table)
+    lat = m["latency"]
+    console.print(f"latency (measured, {lat['tvm']['device']}): TVM {lat['tvm']['median_ms']:.3f} ms, "
+                  f"onnxruntime {lat['onnxruntime']['median_ms']:.3f} ms (median)", highlight=False)
+    console.print(f"verified artifact: {result.out_dir / m['artifacts']['library']['file']}", highlight=False)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--shape", "shape", multiple=True, metavar="NAME=DIMS", help=_SHAPE_HELP)
+@click.option("--top", default=10, show_default=True, help="how many of the largest tensors to list")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+def inspect(model: str | None, shape: tuple[str, ...], top: int, as_json: bool) -> None:
+    """Summarise MODEL's IR: ops by type, parameter bytes by dtype, largest tensors."""
+    from dataclasses import asdict
+
+    from hwsim.api import inspect_model
+
+    report = inspect_model(model, shapes=_shapes(shape), top=top)
+    if as_json:
+        click.echo(json.dumps(asdict(report), indent=2))
+        return
+    console = Console()
+    console.print(f"[bold]{report.name}[/]: {report.nodes} nodes; inputs "
+                  + ", ".join(f"{i['name']}: {i['type']}" for i in report.inputs), highlight=False)
+    ops = Table(title="ops by type")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in report.ops.items():
+        ops.add_row(op, str(n))
+    params = Table(title="parameter bytes by dtype")
+    params.add_column("dtype")
+    params.add_column("bytes", justify="right")
+    for dt, n in report.param_bytes_by_dtype.items():
+        params.add_row(dt, f"{n:,}")
+    big = Table(title=f"largest {len(report.largest)} tensors")
+    for col in ("name", "type", "bytes", "kind"):
+        big.add_column(col, justify="right" if col == "bytes" else "left")
+    for t in report.largest:
+        big.add_row(t["name"], t["type"], f"{t['bytes']:,}", t["kind"])
+    for t in (ops, params, big):
+        console.print(t)
+
+
+if __name__ == "__main__":
+    main()

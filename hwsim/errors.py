@@ -1,0 +1,22 @@
+"""Error types the CLI maps to exit codes: bad input is 2, a failed numerical check is 1."""
+
+
+class HwsimError(Exception):
+    """Bad input from the user (file, node, option, key). One line; the CLI exits with code 2."""
+
+
+class UnsupportedOpError(HwsimError):
+    """An ONNX op the frontend has no converter for."""
+
+    def __init__(self, op_type: str, node_name: str, domain: str, opset: int):
+        where = f"{domain}::{op_type}" if domain else op_type
+        super().__init__(f"unsupported op {where} (node '{node_name}', opset {opset})")
+        self.op_type = op_type
+
+
+class VerificationError(Exception):
+    """A built artifact disagrees with the reference; the CLI exits with code 1."""
+
+
+class IRError(Exception):
+    """The IR broke an invariant (a bug in a frontend or pass, not user input)."""

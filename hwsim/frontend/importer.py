@@ -1,0 +1,128 @@
+"""ONNX -> IR driver: walks the nodes, calls one converter per op type, folds constant subgraphs."""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from hwsim.errors import HwsimError, UnsupportedOpError
+from hwsim.frontend.reader import default_opset, graph_inputs, input_signature, load_onnx, resolve_shapes
+from hwsim.interp import evaluate
+from hwsim.ir import Graph, Node, Op, OpGroup, TensorType, Value, infer, verify
+
+# Constant subgraphs whose tensors are at most this big are evaluated at import (shape arithmetic,
+# masks, position ids); bigger ones stay in the graph so weights keep their stored dtype and layout.
+FOLD_LIMIT = 1 << 16
+
+
+class ImportContext:
+    """What a converter sees: values by ONNX name, the opset, and `emit` to add IR nodes."""
+
+    def __init__(self, opset: int):
+        self.opset = opset
+        self.values: dict[str, Value] = {}
+        self.nodes: list[Node] = []
+        self.node_name = ""
+        self._names: set[str] = set()
+
+    def fresh(self, base: str) -> str:
+        name, i = base or "v", 0
+        while name in self._names:
+            i += 1
+            name = f"{base}_{i}"
+        self._names.add(name)
+        return name
+
+    def const(self, data: np.ndarray | float | int, base: str = "c", dtype: Any = None) -> Value:
+        return Value.const(self.fresh(base), np.asarray(data, dtype=dtype))
+
+    def fail(self, msg: str) -> HwsimError:
+        return HwsimError(f"node '{self.node_name}': {msg}")
+
+    def static(self, v: Value | None, what: str) -> np.ndarray:
+        """The value of an input that must be known at compile time (a shape, axes, starts...)."""
+        if v is None or not v.is_const:
+            raise self.fail(f"input '{what}' must be a constant (data-dependent shapes are not supported)")
+        return v.data
+
+    def emit(self, op: Op, inputs: list[Value], attrs: dict[str, Any] | None = None,
+             names: list[str] | None = None, n_outputs: int = 1) -> list[Value]:
+        attrs = attrs or {}
+        try:
+            types = infer(op, [v.type for v in inputs], attrs)
+        except (TypeError, KeyError, ValueError) as e:
+            raise self.fail(f"{op.name}: {e}") from None
+        names = names or [f"{self.node_name}_out{i}" if len(types) > 1 else self.node_name
+                          for i in range(len(types))]
+        if all(v.is_const for v in inputs) and (op in OpGroup.LAYOUT or max(
+                t.size for t in [*types, *(v.type for v in inputs)]) <= FOLD_LIMIT):
+            arrays = evaluate(op, [v.data for v in inputs], attrs)
+            return [Value.const(self.fresh(n), a) for n, a in zip(names, arrays, strict=True)]
+        outs = [Value(self.fresh(n), t) for n, t in zip(names, types, strict=True)]
+        self.nodes.append(Node(op, inputs, outs, attrs, name=self.node_name))
+        return outs
+
+    def emit1(self, op: Op, inputs: list[Value], attrs: dict[str, Any] | None = None,
+              name: str | None = None) -> Value:
+        return self.emit(op, inputs, attrs, [name] if name else None)[0]
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def import_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None,
+                 name: str = "model") -> Graph:
+    """Convert a loaded ONNX model to a verified IR graph with static shapes (dead code included)."""
+    from hwsim.frontend.onnx_ops import CONVERTERS
+
+    opset = default_opset(model) or 0
+    fixed = resolve_shapes(model, dict(shapes or {}))
+    ctx = ImportContext(opset)
+    used = {n for node in model.graph.node for n in node.input} | {o.name for o in model.graph.output}
+    inputs = []
+    for vi in graph_inputs(model):
+        _, dtype = input_signature(vi)
+        v = Value(ctx.fresh(vi.name), TensorType(fixed[vi.name], dtype))
+        ctx.values[vi.name] = v
+        inputs.append(v)
+    for t in model.graph.initializer:
+        ctx.values[t.name] = Value.const(ctx.fresh(t.name), numpy_helper.to_array(t))
+    for i, node in enumerate(model.graph.node):
+        ctx.node_name = node.name or f"{node.op_type}_{i}"
+        if node.domain not in ("", "ai.onnx") or node.op_type not in CONVERTERS:
+            raise UnsupportedOpError(node.op_type, ctx.node_name, node.domain, opset)
+        ins = []
+        for n in node.input:
+            if n and n not in ctx.values:
+                raise ctx.fail(f"input '{n}' is not defined before use")
+            ins.append(ctx.values[n] if n else None)
+        outs = CONVERTERS[node.op_type](ctx, node, ins)
+        for out_name, v in zip(node.output, outs, strict=False):
+            if out_name:
+                ctx.values[out_name] = v
+        for k, out_name in enumerate(node.output[len(outs):], start=len(outs)):
+            if out_name in used:
+                raise ctx.fail(f"{node.op_type} output #{k} ('{out_name}') is used but not supported")
+    outputs = []
+    for o in model.graph.output:
+        if o.name not in ctx.values:
+            raise HwsimError(f"graph output '{o.name}' is not produced by any node")
+        outputs.append(ctx.values[o.name])
+    graph = Graph(name, inputs, outputs, ctx.nodes)
+    verify(graph)
+    return graph
+
+
+def import_onnx(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    return import_model(load_onnx(path), shapes, name=graph_name(path))
+
+
+def graph_name(path: Path) -> str:
+    stem = "".join(c if c.isalnum() else "_" for c in path.stem)
+    return stem if stem and not stem[0].isdigit() else f"m_{stem}"

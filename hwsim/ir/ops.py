@@ -1,0 +1,125 @@
+"""The closed op vocabulary of the IR.
+
+Every op has exactly one meaning, defined by the reference interpreter (`hwsim.interp`). Attributes are
+static Python values (ints, tuples, floats, DType): shapes are fixed at import, so everything that ONNX
+passes as a shape tensor (Reshape's shape, Slice's starts, ...) is an attribute here.
+"""
+
+from dataclasses import dataclass
+from enum import Enum, auto
+
+
+class Op(Enum):
+    # elementwise unary
+    NEG = auto()
+    ABS = auto()
+    SQRT = auto()
+    RECIPROCAL = auto()
+    EXP = auto()
+    LOG = auto()
+    SIN = auto()
+    COS = auto()
+    TANH = auto()
+    SIGMOID = auto()
+    RELU = auto()
+    ERF = auto()
+    GELU = auto()
+    FLOOR = auto()
+    CEIL = auto()
+    ISNAN = auto()
+    NOT = auto()
+    CAST = auto()
+    # elementwise binary (numpy broadcasting)
+    ADD = auto()
+    SUB = auto()
+    MUL = auto()
+    DIV = auto()
+    POW = auto()
+    MAX = auto()
+    MIN = auto()
+    EQUAL = auto()
+    LESS = auto()
+    LESS_EQUAL = auto()
+    GREATER = auto()
+    GREATER_EQUAL = auto()
+    AND = auto()
+    OR = auto()
+    WHERE = auto()
+    # contractions and normalisations
+    MATMUL = auto()
+    SOFTMAX = auto()
+    LAYER_NORM = auto()
+    REDUCE_SUM = auto()
+    REDUCE_MEAN = auto()
+    REDUCE_MAX = auto()
+    CUMSUM = auto()
+    # data movement
+    RESHAPE = auto()
+    TRANSPOSE = auto()
+    CONCAT = auto()
+    SPLIT = auto()
+    SLICE = auto()
+    GATHER = auto()
+    GATHER_ELEMENTS = auto()
+    GATHER_ND = auto()
+    BROADCAST_TO = auto()
+    TRILU = auto()
+
+
+class OpGroup:
+    """Op families, so rules can match a family without listing each op."""
+
+    UNARY = frozenset({Op.NEG, Op.ABS, Op.SQRT, Op.RECIPROCAL, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH,
+                       Op.SIGMOID, Op.RELU, Op.ERF, Op.GELU, Op.FLOOR, Op.CEIL})
+    PREDICATE_UNARY = frozenset({Op.ISNAN, Op.NOT})
+    ARITH_BINARY = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.MIN})
+    COMPARE = frozenset({Op.EQUAL, Op.LESS, Op.LESS_EQUAL, Op.GREATER, Op.GREATER_EQUAL})
+    LOGICAL = frozenset({Op.AND, Op.OR})
+    BINARY = ARITH_BINARY | COMPARE | LOGICAL
+    REDUCE = frozenset({Op.REDUCE_SUM, Op.REDUCE_MEAN, Op.REDUCE_MAX})
+    # ops that only move or relabel data: free to fold on constants
+    LAYOUT = frozenset({Op.RESHAPE, Op.TRANSPOSE})
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Arity and attribute names of an op; the verifier checks nodes against it."""
+
+    min_inputs: int
+    max_inputs: int
+    attrs: frozenset[str] = frozenset()
+    optional_attrs: frozenset[str] = frozenset()
+    outputs: int = 1  # 0 = as many as the node declares (SPLIT)
+
+
+def _defs() -> dict[Op, OpDef]:
+    d: dict[Op, OpDef] = {}
+    for op in OpGroup.UNARY | OpGroup.PREDICATE_UNARY:
+        d[op] = OpDef(1, 1)
+    d[Op.GELU] = OpDef(1, 1, frozenset({"approximate"}))
+    d[Op.CAST] = OpDef(1, 1, frozenset({"to"}))
+    for op in OpGroup.BINARY:
+        d[op] = OpDef(2, 2)
+    d[Op.WHERE] = OpDef(3, 3)
+    d[Op.MATMUL] = OpDef(2, 2)
+    d[Op.SOFTMAX] = OpDef(1, 1, frozenset({"axis"}))
+    d[Op.LAYER_NORM] = OpDef(2, 3, frozenset({"axis", "epsilon"}))
+    for op in OpGroup.REDUCE:
+        d[op] = OpDef(1, 1, frozenset({"axes", "keepdims"}))
+    d[Op.RESHAPE] = OpDef(1, 1, frozenset({"shape"}))
+    d[Op.TRANSPOSE] = OpDef(1, 1, frozenset({"perm"}))
+    d[Op.CONCAT] = OpDef(1, 1 << 16, frozenset({"axis"}))
+    d[Op.SPLIT] = OpDef(1, 1, frozenset({"axis", "sizes"}), outputs=0)
+    d[Op.SLICE] = OpDef(1, 1, frozenset({"starts", "ends", "axes", "steps"}))
+    d[Op.GATHER] = OpDef(2, 2, frozenset({"axis"}))
+    d[Op.GATHER_ELEMENTS] = OpDef(2, 2, frozenset({"axis"}))
+    d[Op.GATHER_ND] = OpDef(2, 2, frozenset({"batch_dims"}))
+    d[Op.CUMSUM] = OpDef(1, 1, frozenset({"axis", "exclusive", "reverse"}))
+    d[Op.BROADCAST_TO] = OpDef(1, 1, frozenset({"shape"}))
+    d[Op.TRILU] = OpDef(1, 1, frozenset({"upper", "k"}))
+    missing = set(Op) - d.keys()
+    assert not missing, f"ops without a definition: {missing}"
+    return d
+
+
+OP_DEFS: dict[Op, OpDef] = _defs()

@@ -1,0 +1,11 @@
+"""Graph passes, one per file. Pipelines are flat, named lists; `run_pipeline` verifies between passes."""
+
+from hwsim.passes.base import Pass, run_pipeline
+from hwsim.passes.dead_code import eliminate_dead_code
+
+# What every compile runs between import and code generation, in order.
+DEFAULT_PIPELINE: list[Pass] = [
+    Pass("eliminate_dead_code", eliminate_dead_code),
+]
+
+__all__ = ["DEFAULT_PIPELINE", "Pass", "eliminate_dead_code", "run_pipeline"]
