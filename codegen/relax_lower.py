@@ -140,7 +140,7 @@ def to_relax(graph: Graph) -> "relax.IRModule":
 
     def arg(v: Value) -> relax.Expr:
         if id(v) not in env:
-            env[id(v)] = relax.const(v.data)
+            env[id(v)] = relax.const(v.data, v.type.dtype.value)
         return env[id(v)]
 
     with bb.function("main", params):

@@ -79,9 +79,11 @@ def _gather(x: Arrays, a: dict) -> Arrays:
 
 
 def _gather_elements(x: Arrays, a: dict) -> Arrays:
-    n = x[0].shape[a["axis"]]
-    idx = x[1].astype(np.int64)
-    return [np.take_along_axis(x[0], np.where(idx < 0, idx + n, idx), axis=a["axis"])]
+    axis, idx = a["axis"], x[1].astype(np.int64)
+    n = x[0].shape[axis]
+    # indices may be smaller than the data off the axis: only that corner of the data is read
+    data = x[0][tuple(slice(None) if i == axis else slice(0, d) for i, d in enumerate(idx.shape))]
+    return [np.take_along_axis(data, np.where(idx < 0, idx + n, idx), axis=axis)]
 
 
 def _gather_nd(x: Arrays, a: dict) -> Arrays:
@@ -171,7 +173,7 @@ def evaluate(op: Op, inputs: Arrays, attrs: dict[str, Any]) -> Arrays:
     types = infer(op, [Value.const("_", x).type for x in inputs], attrs)
     with np.errstate(all="ignore"):
         outs = IMPLS[op](inputs, attrs)
-    return [np.ascontiguousarray(np.asarray(o).astype(t.dtype.numpy, copy=False).reshape(t.shape))
+    return [np.array(np.asarray(o, dtype=t.dtype.numpy).reshape(t.shape), order="C")
             for o, t in zip(outs, types, strict=True)]
 
 

@@ -44,7 +44,7 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         raise HwsimError(f"{path}: not an ONNX model (no graph)")
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
-    except (FileNotFoundError, OSError, ValueError) as e:
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
         raise HwsimError(f"{path}: cannot read external data ({e})") from None
     opset = default_opset(model)
     if opset is None:

@@ -51,7 +51,7 @@ class Value:
 
     @classmethod
     def const(cls, name: str, data: np.ndarray) -> Value:
-        data = np.ascontiguousarray(data)
+        data = np.array(data, order="C", copy=not data.flags.c_contiguous)  # keeps 0-d arrays 0-d
         return cls(name, TensorType(tuple(int(d) for d in data.shape), DType.from_np(data.dtype)), data=data)
 
     @property

@@ -1,0 +1,14 @@
+"""Shared fixtures: an isolated hwsim cache per test session, so tests never touch ~/.cache."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide zoo/build cache: the zoo model is exported once for the whole run."""
+    path = Path(os.environ.get("HWSIM_TEST_CACHE_DIR") or tmp_path_factory.mktemp("hwsim-cache"))
+    os.environ["HWSIM_CACHE_DIR"] = str(path)
+    return path
