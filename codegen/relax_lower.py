@@ -119,8 +119,7 @@ LOWERINGS: dict[Op, Lowering] = {
     Op.SPLIT: _split,
     Op.SLICE: _slice,
     Op.GATHER: lambda x, a, n: R.take(  # clip: an out-of-range runtime index must not read wild memory
-        x[0], _wrap_negative(x[1], n.inputs[0].type.shape[a["axis"]], n.inputs[1]), axis=a["axis"],
-        mode="fast" if n.inputs[1].is_const else "clip"),
+        x[0], _wrap_negative(x[1], n.inputs[0].type.shape[a["axis"]], n.inputs[1]), axis=a["axis"], mode="clip"),
     Op.GATHER_ELEMENTS: lambda x, a, n: R.gather_elements(
         x[0], _wrap_negative(x[1], n.inputs[0].type.shape[a["axis"]], n.inputs[1]), axis=a["axis"]),
     Op.GATHER_ND: lambda x, a, n: R.gather_nd(x[0], x[1], batch_dims=a["batch_dims"]),

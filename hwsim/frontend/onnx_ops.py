@@ -62,6 +62,16 @@ def variadic(op: Op) -> Converter:
     return conv
 
 
+def clip(ctx: ImportContext, node: onnx.NodeProto, ins: Ins) -> list[Value]:
+    """Clip(x, min, max) with optional bounds = MIN(MAX(x, min), max)."""
+    y = ins[0]
+    bounds = [(Op.MAX, ins[1] if len(ins) > 1 else None), (Op.MIN, ins[2] if len(ins) > 2 else None)]
+    present = [(op, b) for op, b in bounds if b is not None]
+    for i, (op, b) in enumerate(present):
+        y = ctx.emit1(op, [y, b], name=_out(node) if i == len(present) - 1 else None)
+    return [y]
+
+
 def alias(ctx: ImportContext, node: onnx.NodeProto, ins: Ins) -> list[Value]:
     if node.op_type == "Dropout" and len(ins) > 2 and ins[2] is not None and bool(ctx.static(ins[2], "training")):
         raise ctx.fail("Dropout in training mode is not supported")
@@ -135,6 +145,20 @@ def reduce(op: Op) -> Converter:
              "keepdims": int(attr(node, "keepdims", 1))}
         return [ctx.emit1(op, [x], a, _out(node))]
     return conv
+
+
+def reduce_l2(ctx: ImportContext, node: onnx.NodeProto, ins: Ins) -> list[Value]:
+    """ReduceL2 = SQRT(REDUCE_SUM(x * x))."""
+    sq = ctx.emit1(Op.MUL, [ins[0], ins[0]])
+    summed = reduce(Op.REDUCE_SUM)(ctx, _renamed(node, "_sumsq"), [sq, *ins[1:]])[0]
+    return [ctx.emit1(Op.SQRT, [summed], name=_out(node))]
+
+
+def _renamed(node: onnx.NodeProto, suffix: str) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.output[0] = node.output[0] + suffix
+    return copy
 
 
 def _reshape_to(ctx: ImportContext, node: onnx.NodeProto, x: Value, shape: tuple[int, ...]) -> Value:
@@ -317,9 +341,10 @@ CONVERTERS: dict[str, Converter] = {
     "Pow": binary(Op.POW), "Equal": binary(Op.EQUAL), "Less": binary(Op.LESS),
     "LessOrEqual": binary(Op.LESS_EQUAL), "Greater": binary(Op.GREATER),
     "GreaterOrEqual": binary(Op.GREATER_EQUAL), "And": binary(Op.AND), "Or": binary(Op.OR),
-    "Max": variadic(Op.MAX), "Min": variadic(Op.MIN), "Sum": variadic(Op.ADD),
+    "Clip": clip, "Max": variadic(Op.MAX), "Min": variadic(Op.MIN), "Sum": variadic(Op.ADD),
     "Where": where, "MatMul": matmul, "Gemm": gemm, "Softmax": softmax, "LayerNormalization": layer_norm,
     "ReduceSum": reduce(Op.REDUCE_SUM), "ReduceMean": reduce(Op.REDUCE_MEAN), "ReduceMax": reduce(Op.REDUCE_MAX),
+    "ReduceL2": reduce_l2,
     "Reshape": reshape, "Flatten": flatten, "Unsqueeze": unsqueeze, "Squeeze": squeeze,
     "Transpose": transpose, "Concat": concat, "Split": split, "Slice": slice_, "Gather": gather,
     "GatherElements": gather_elements, "GatherND": gather_nd, "CumSum": cumsum, "Expand": expand, "Trilu": trilu,
