@@ -4,6 +4,7 @@
 build -> verification against onnxruntime -> measurement, and writes an output directory atomically.
 """
 
+import json
 import platform
 import time
 from collections import Counter
@@ -31,7 +32,7 @@ from hwsim.frontend.importer import graph_name
 from hwsim.ir import Graph, print_graph
 from hwsim.passes import DEFAULT_PIPELINE, run_pipeline
 from hwsim.reference import compare, onnxruntime_session, random_inputs, run_onnxruntime, time_onnxruntime
-from models.zoo import DEFAULT_MODEL, ZOO, zoo_onnx
+from models.zoo import DEFAULT_MODEL, ZOO, zoo_dir, zoo_onnx
 from targets import Target, load_target
 
 MANIFEST_SCHEMA = "hwsim.manifest/1"
@@ -137,8 +138,6 @@ def compile_model(model: str | None = None, *, target: str = "host",
 
 
 def _cached_manifest(out_dir: Path, key: str) -> dict[str, Any] | None:
-    import json
-
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -226,6 +225,33 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
 def _latency(times_ms: list[float], device: str) -> dict[str, Any]:
     return {"provenance": "measured", "device": device, "median_ms": round(float(np.median(times_ms)), 4),
             "min_ms": round(float(np.min(times_ms)), 4), "runs": len(times_ms)}
+
+
+def resolve_adapter_dir(adapter: str, progress: Progress | None = None) -> Path:
+    """A PEFT adapter directory, or a built-in model name (its trained adapter)."""
+    path = Path(adapter)
+    if path.exists() or adapter not in ZOO:
+        return path
+    return zoo_dir(adapter, progress) / "adapter"
+
+
+def convert_adapter_dir(adapter: str, fmt: str, out: Path, *, force: bool = False,
+                        progress: Progress | None = None, **opts: Any) -> dict[str, Any]:
+    """Convert every module of a PEFT LoRA adapter to `fmt`; write the converted adapter to `out`."""
+    from models.peft_io import convert_adapter, read_adapter, save_converted
+
+    if Path(out).exists() and not force:
+        raise HwsimError(f"{out} already exists: pass --force to replace it, or choose another --out")
+    src = resolve_adapter_dir(adapter, progress)
+    lora = read_adapter(src)
+    if progress:
+        progress(f"fitting {len(lora.modules)} modules as {fmt}")
+    try:
+        results = convert_adapter(lora, fmt, **opts)
+    except ValueError as e:  # a bad format option (layout, packing)
+        raise HwsimError(str(e)) from None
+    save_converted(Path(out), lora, fmt, results, force=force)
+    return json.loads((Path(out) / "hwsim_adapter.json").read_text())
 
 
 @dataclass(frozen=True)

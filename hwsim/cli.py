@@ -130,5 +130,47 @@ def inspect(model: str | None, shape: tuple[str, ...], top: int, as_json: bool) 
         console.print(t)
 
 
+@main.command()
+@click.argument("adapter")
+@click.option("--format", "fmt", required=True, metavar="FORMAT",
+              help="lora-fp16 | lordba | ternary | tritplane (ternary/tritplane apply to each LoRA factor)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="directory for the converted adapter")
+@click.option("--force", is_flag=True, help="replace an existing output directory")
+@click.option("--layout", type=click.Choice(["channel", "rank"]), default=None,
+              help="LoRDBA scale layout: channel (u, mu, v; default) or rank (mu only)")
+@click.option("--packing", type=click.Choice(["i2", "tq1_0"]), default=None,
+              help="trit packing for ternary/tritplane: i2 (2 bpw; default) or tq1_0 (base-3)")
+@click.option("--json", "as_json", is_flag=True, help="print the conversion report as JSON")
+def convert(adapter: str, fmt: str, out: Path, force: bool, layout: str | None, packing: str | None,
+            as_json: bool) -> None:
+    """Convert a PEFT LoRA ADAPTER directory (or a built-in model's adapter) to FORMAT.
+
+    The output stays a PEFT adapter (its dense weights compute exactly what the format computes, the
+    correctness oracle) and adds hwsim_adapter.safetensors (packed signs/trits, fp16 scales) and
+    hwsim_adapter.json (bytes counted from the packed arrays, reconstruction errors per module).
+    """
+    from hwsim.api import convert_adapter_dir
+
+    opts = {k: v for k, v in (("layout", layout), ("packing", packing)) if v is not None}
+    if (layout and fmt != "lordba") or (packing and fmt not in ("ternary", "tritplane")):
+        raise HwsimError(f"--layout applies to lordba, --packing to ternary/tritplane, not to '{fmt}'")
+    with err_console.status("converting", spinner="dots") as status:
+        report = convert_adapter_dir(adapter, fmt, out, force=force, progress=lambda m: status.update(m), **opts)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"{fmt}: {len(report['modules'])} modules")
+    for col in ("module", "shape", "bytes", "vs fp16 LoRA", "rel. error", "rho A / B"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for m in report["modules"]:
+        d = m["details"]
+        rho = f"{d['rho_A']:.3f} / {d['rho_B']:.3f}" if "rho_A" in d else "-"
+        table.add_row(m["module"], "x".join(map(str, m["shape"])), f"{m['bits'] // 8:,}",
+                      f"{m['lora_fp16_bits'] / m['bits']:.2f}x", f"{m['rel_error']:.4f}", rho)
+    table.add_row("total", "", f"{report['adapter_bytes']:,}", f"{report['ratio_vs_lora_fp16']:.2f}x", "", "")
+    Console().print(table)
+    click.echo(f"converted adapter: {out}")
+
+
 if __name__ == "__main__":
     main()

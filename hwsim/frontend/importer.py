@@ -79,8 +79,6 @@ def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
 def import_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None = None,
                  name: str = "model") -> Graph:
     """Convert a loaded ONNX model to a verified IR graph with static shapes (dead code included)."""
-    from hwsim.frontend.onnx_ops import CONVERTERS
-
     opset = default_opset(model) or 0
     fixed = resolve_shapes(model, dict(shapes or {}))
     ctx = ImportContext(opset)
@@ -93,22 +91,8 @@ def import_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | No
         inputs.append(v)
     for t in model.graph.initializer:
         ctx.values[t.name] = Value.const(ctx.fresh(t.name), numpy_helper.to_array(t))
-    for i, node in enumerate(model.graph.node):
-        ctx.node_name = node.name or f"{node.op_type}_{i}"
-        if node.domain not in ("", "ai.onnx") or node.op_type not in CONVERTERS:
-            raise UnsupportedOpError(node.op_type, ctx.node_name, node.domain, opset)
-        ins = []
-        for n in node.input:
-            if n and n not in ctx.values:
-                raise ctx.fail(f"input '{n}' is not defined before use")
-            ins.append(ctx.values[n] if n else None)
-        outs = CONVERTERS[node.op_type](ctx, node, ins)
-        for out_name, v in zip(node.output, outs, strict=False):
-            if out_name:
-                ctx.values[out_name] = v
-        for k, out_name in enumerate(node.output[len(outs):], start=len(outs)):
-            if out_name in used:
-                raise ctx.fail(f"{node.op_type} output #{k} ('{out_name}') is used but not supported")
+    functions = {(f.domain, f.name): f for f in model.functions}
+    _import_nodes(ctx, list(model.graph.node), ctx.values, functions, used, prefix="")
     outputs = []
     for o in model.graph.output:
         if o.name not in ctx.values:
@@ -117,6 +101,52 @@ def import_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | No
     graph = Graph(name, inputs, outputs, ctx.nodes)
     verify(graph)
     return graph
+
+
+def _import_nodes(ctx: ImportContext, nodes: list[onnx.NodeProto], scope: dict[str, Value],
+                  functions: dict[tuple[str, str], onnx.FunctionProto], used: set[str], prefix: str) -> None:
+    """Convert `nodes` reading and writing values in `scope` (the graph's, or an inlined function's)."""
+    from hwsim.frontend.onnx_ops import CONVERTERS
+
+    for i, node in enumerate(nodes):
+        ctx.node_name = prefix + (node.name or f"{node.op_type}_{i}")
+        ins = []
+        for n in node.input:
+            if n and n not in scope:
+                raise ctx.fail(f"input '{n}' is not defined before use")
+            ins.append(scope[n] if n else None)
+        if (node.domain, node.op_type) in functions:
+            outs = _inline(ctx, node, ins, functions, used)
+        elif node.domain in ("", "ai.onnx") and node.op_type in CONVERTERS:
+            outs = CONVERTERS[node.op_type](ctx, node, ins)
+        else:
+            raise UnsupportedOpError(node.op_type, ctx.node_name, node.domain, ctx.opset)
+        for out_name, v in zip(node.output, outs, strict=False):
+            if out_name:
+                scope[out_name] = v
+        for k, out_name in enumerate(node.output[len(outs):], start=len(outs)):
+            if out_name in used:
+                raise ctx.fail(f"{node.op_type} output #{k} ('{out_name}') is used but not supported")
+
+
+def _inline(ctx: ImportContext, node: onnx.NodeProto, ins: list[Value | None],
+            functions: dict[tuple[str, str], onnx.FunctionProto], used: set[str]) -> list[Value]:
+    """Expand a model-local function (e.g. an ai.hwsim format op) into IR ops, in its own scope."""
+    fn = functions[(node.domain, node.op_type)]
+    if len(ins) > len(fn.input) or any(v is None for v in ins):
+        raise ctx.fail(f"{node.domain}::{node.op_type}: expected inputs {list(fn.input)}")
+    scope = {formal: v for formal, v in zip(fn.input, ins, strict=False)}
+    body_used = {n for b in fn.node for n in b.input} | set(fn.output)
+    outer_opset, name = ctx.opset, ctx.node_name
+    ctx.opset = next((o.version for o in fn.opset_import if o.domain in ("", "ai.onnx")), outer_opset)
+    if ctx.opset != outer_opset:
+        raise ctx.fail(f"function {node.domain}::{node.op_type} uses opset {ctx.opset}, the model {outer_opset}")
+    _import_nodes(ctx, list(fn.node), scope, functions, body_used, prefix=f"{name}/")
+    ctx.opset, ctx.node_name = outer_opset, name
+    missing = [o for o in fn.output if o not in scope]
+    if missing:
+        raise ctx.fail(f"function {node.domain}::{node.op_type} never defines output {missing[0]}")
+    return [scope[o] for o in fn.output]
 
 
 def import_onnx(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:

@@ -72,6 +72,14 @@ def clip(ctx: ImportContext, node: onnx.NodeProto, ins: Ins) -> list[Value]:
     return [y]
 
 
+def bit_shift(ctx: ImportContext, node: onnx.NodeProto, ins: Ins) -> list[Value]:
+    direction = attr(node, "direction", b"")
+    direction = direction.decode() if isinstance(direction, bytes) else direction
+    if direction not in ("LEFT", "RIGHT"):
+        raise ctx.fail(f"BitShift direction must be LEFT or RIGHT, got {direction!r}")
+    return [ctx.emit1(Op.SHIFT_LEFT if direction == "LEFT" else Op.SHIFT_RIGHT, ins[:2], name=_out(node))]
+
+
 def alias(ctx: ImportContext, node: onnx.NodeProto, ins: Ins) -> list[Value]:
     if node.op_type == "Dropout" and len(ins) > 2 and ins[2] is not None and bool(ctx.static(ins[2], "training")):
         raise ctx.fail("Dropout in training mode is not supported")
@@ -341,7 +349,8 @@ CONVERTERS: dict[str, Converter] = {
     "Pow": binary(Op.POW), "Equal": binary(Op.EQUAL), "Less": binary(Op.LESS),
     "LessOrEqual": binary(Op.LESS_EQUAL), "Greater": binary(Op.GREATER),
     "GreaterOrEqual": binary(Op.GREATER_EQUAL), "And": binary(Op.AND), "Or": binary(Op.OR),
-    "Clip": clip, "Max": variadic(Op.MAX), "Min": variadic(Op.MIN), "Sum": variadic(Op.ADD),
+    "BitShift": bit_shift, "BitwiseAnd": binary(Op.BITWISE_AND), "Clip": clip,
+    "Max": variadic(Op.MAX), "Min": variadic(Op.MIN), "Sum": variadic(Op.ADD),
     "Where": where, "MatMul": matmul, "Gemm": gemm, "Softmax": softmax, "LayerNormalization": layer_norm,
     "ReduceSum": reduce(Op.REDUCE_SUM), "ReduceMean": reduce(Op.REDUCE_MEAN), "ReduceMax": reduce(Op.REDUCE_MAX),
     "ReduceL2": reduce_l2,

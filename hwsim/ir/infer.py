@@ -58,6 +58,12 @@ def _logical(ts: Types, a: Attrs) -> Types:
     return [TensorType(broadcast(ts[0].shape, ts[1].shape), DType.BOOL)]
 
 
+def _bitwise(ts: Types, a: Attrs) -> Types:
+    if not _same_dtype(ts).is_int:
+        raise TypeError("bit operations need integer inputs")
+    return _binary(ts, a)
+
+
 def _where(ts: Types, a: Attrs) -> Types:
     if ts[0].dtype is not DType.BOOL:
         raise TypeError("WHERE condition must be bool")
@@ -211,6 +217,7 @@ RULES: dict[Op, Callable[[Types, Attrs], Types]] = {
     **dict.fromkeys(OpGroup.ARITH_BINARY, _binary),
     **dict.fromkeys(OpGroup.COMPARE, _compare),
     **dict.fromkeys(OpGroup.LOGICAL, _logical),
+    **dict.fromkeys(OpGroup.BITWISE, _bitwise),
     Op.WHERE: _where,
     Op.MATMUL: _matmul,
     Op.SOFTMAX: _softmax,

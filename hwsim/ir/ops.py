@@ -45,6 +45,10 @@ class Op(Enum):
     AND = auto()
     OR = auto()
     WHERE = auto()
+    # integer bit operations (unpacking packed signs and trits)
+    SHIFT_LEFT = auto()
+    SHIFT_RIGHT = auto()
+    BITWISE_AND = auto()
     # contractions and normalisations
     MATMUL = auto()
     SOFTMAX = auto()
@@ -75,7 +79,8 @@ class OpGroup:
     ARITH_BINARY = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.MIN})
     COMPARE = frozenset({Op.EQUAL, Op.LESS, Op.LESS_EQUAL, Op.GREATER, Op.GREATER_EQUAL})
     LOGICAL = frozenset({Op.AND, Op.OR})
-    BINARY = ARITH_BINARY | COMPARE | LOGICAL
+    BITWISE = frozenset({Op.SHIFT_LEFT, Op.SHIFT_RIGHT, Op.BITWISE_AND})
+    BINARY = ARITH_BINARY | COMPARE | LOGICAL | BITWISE
     REDUCE = frozenset({Op.REDUCE_SUM, Op.REDUCE_MEAN, Op.REDUCE_MAX})
     # ops that only move or relabel data: free to fold on constants
     LAYOUT = frozenset({Op.RESHAPE, Op.TRANSPOSE})
