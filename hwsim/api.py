@@ -254,6 +254,38 @@ def convert_adapter_dir(adapter: str, fmt: str, out: Path, *, force: bool = Fals
     return json.loads((Path(out) / "hwsim_adapter.json").read_text())
 
 
+def _base_opts(bpw: float | None) -> dict[str, Any]:
+    return {} if bpw is None else {"bpw": bpw}
+
+
+def export_model(model: str, *, adapter: Path | None = None, adapter_format: str = "lora-fp16",
+                 base_format: str = "fp32", bpw: float | None = None, out: Path, force: bool = False,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Apply formats to MODEL (+ adapter) and export it to one compact ONNX file, checked in onnxruntime."""
+    from models.variants import apply_formats, export_variant, load_adapter_for, load_base, variant_summary
+
+    if Path(out).exists() and not force:
+        raise HwsimError(f"{out} already exists: pass --force to replace it")
+    step = progress or (lambda _m: None)
+    step(f"loading {model}")
+    base = load_base(model)
+    lora = load_adapter_for(base, str(adapter) if adapter else None)
+    step(f"fitting {adapter_format} adapter, {base_format} base")
+    report = apply_formats(base, lora, adapter_format if lora else None, base_format, base_opts=_base_opts(bpw))
+    step("exporting to ONNX and checking it in onnxruntime")
+    return {"variant": variant_summary(report), "export": export_variant(base, Path(out), force=force),
+            "modules": report.modules}
+
+
+def compare_formats(model: str, *, adapter: Path | None = None, variants: list[tuple[str, str]],
+                    bpw: float | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Bytes and errors of each (adapter format, base format) pair on MODEL's held-in inputs."""
+    from models.variants import evaluate_variants
+
+    return evaluate_variants(model, str(adapter) if adapter else None, variants, base_opts=_base_opts(bpw),
+                             progress=progress)
+
+
 @dataclass(frozen=True)
 class InspectReport:
     name: str

@@ -17,6 +17,11 @@ from hwsim.errors import HwsimError, VerificationError
 err_console = Console(stderr=True)
 
 
+def _console() -> Console:
+    """stdout console; wide when piped, so tables are not truncated to 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def _shapes(specs: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
     from hwsim.frontend.reader import parse_shape_option
 
@@ -85,7 +90,7 @@ def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | 
     table.add_column("rel err", justify="right")
     for r in m["verification"]["outputs"]:
         table.add_row(r["name"], f"{r['max_abs_err']:.2e}", f"{r['max_rel_err']:.2e}")
-    console = Console()
+    console = _console()
     console.print(table)
     lat = m["latency"]
     console.print(f"latency (measured, {lat['tvm']['device']}): TVM {lat['tvm']['median_ms']:.3f} ms, "
@@ -108,7 +113,7 @@ def inspect(model: str | None, shape: tuple[str, ...], top: int, as_json: bool) 
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2))
         return
-    console = Console()
+    console = _console()
     console.print(f"[bold]{report.name}[/]: {report.nodes} nodes; inputs "
                   + ", ".join(f"{i['name']}: {i['type']}" for i in report.inputs), highlight=False)
     ops = Table(title="ops by type")
@@ -168,8 +173,90 @@ def convert(adapter: str, fmt: str, out: Path, force: bool, layout: str | None, 
         table.add_row(m["module"], "x".join(map(str, m["shape"])), f"{m['bits'] // 8:,}",
                       f"{m['lora_fp16_bits'] / m['bits']:.2f}x", f"{m['rel_error']:.4f}", rho)
     table.add_row("total", "", f"{report['adapter_bytes']:,}", f"{report['ratio_vs_lora_fp16']:.2f}x", "", "")
-    Console().print(table)
+    _console().print(table)
     click.echo(f"converted adapter: {out}")
+
+
+_ADAPTER_HELP = "PEFT LoRA adapter directory [default: the built-in model's trained adapter]"
+
+
+@main.command()
+@click.argument("model")
+@click.option("--adapter", type=click.Path(path_type=Path), help=_ADAPTER_HELP)
+@click.option("--format", "fmt", default="lora-fp16", show_default=True,
+              help="adapter format: lora-fp16 | lordba | ternary | tritplane")
+@click.option("--base-format", default="fp32", show_default=True,
+              help="base-weight format: fp32 | fp16 | dbf | mdbf | ternary | tritplane")
+@click.option("--bpw", type=float, default=None, help="bits per weight budget for dbf/mdbf [default: 1.0]")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="the .onnx file to write")
+@click.option("--force", is_flag=True, help="replace an existing file")
+@click.option("--json", "as_json", is_flag=True, help="print the export report as JSON")
+def export(model: str, adapter: Path | None, fmt: str, base_format: str, bpw: float | None, out: Path, force: bool,
+           as_json: bool) -> None:
+    """Export MODEL (a built-in name or a Hugging Face model directory) with formats applied to ONNX.
+
+    Signs and trits are stored packed as uint8 initializers; each format layer is one ai.hwsim op with a
+    model-local function body, so stock onnxruntime runs the file (checked against torch before writing).
+    """
+    from hwsim.api import export_model
+
+    with err_console.status("exporting", spinner="dots") as status:
+        report = export_model(model, adapter=adapter, adapter_format=fmt, base_format=base_format, bpw=bpw,
+                              out=out, force=force, progress=lambda m: status.update(m))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_variants([report["variant"]])
+    e = report["export"]
+    click.echo(f"wrote {e['path']} ({e['bytes']:,} bytes; ai.hwsim ops: {', '.join(e['hwsim_ops']) or 'none'}; "
+               f"onnxruntime vs torch: {e['onnxruntime_vs_torch_rel_err']:.1e})")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--adapter", type=click.Path(path_type=Path), help=_ADAPTER_HELP)
+@click.option("--formats", default="lora-fp16,lordba,ternary,tritplane", show_default=True,
+              help="adapter formats to compare (each with an fp32 base)")
+@click.option("--base-formats", default="fp16,dbf,mdbf,ternary,tritplane", show_default=True,
+              help="base-weight formats to compare (each with the fp16 LoRA adapter); '' for none")
+@click.option("--bpw", type=float, default=None, help="bits per weight budget for dbf/mdbf [default: 1.0]")
+@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
+def formats(model: str, adapter: Path | None, formats: str, base_formats: str, bpw: float | None,
+            as_json: bool) -> None:
+    """Compare formats on MODEL: bytes vs fp16, reconstruction error, output error on held-in inputs.
+
+    Output errors are relative to the unquantised model (fp32 base + the trained adapter in fp32);
+    for embedding models the mean cosine similarity to its embeddings is shown too.
+    """
+    from hwsim.api import compare_formats
+
+    variants = [(f, "fp32") for f in formats.split(",") if f] + [("lora-fp16", b) for b in base_formats.split(",") if b]
+    with err_console.status("fitting", spinner="dots") as status:
+        rows = compare_formats(model, adapter=adapter, variants=variants, bpw=bpw,
+                               progress=lambda m: status.update(f"fitting {m} ..."))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _print_variants(rows)
+
+
+def _print_variants(rows: list[dict]) -> None:
+    table = Table(title="formats (output error vs fp32 base + fp32 adapter, held-in inputs)")
+    cols = ["adapter", "base", "adapter bytes", "vs fp16 LoRA", "base bytes", "vs fp16 base", "adapter rec. err",
+            "base rec. err", "output rel. err"]
+    if any("cosine_similarity" in r for r in rows):
+        cols.append("cosine")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("adapter", "base") else "right")
+    for r in rows:
+        cells = [r["adapter_format"] or "-", r["base_format"], f"{r['adapter_bits'] // 8:,}",
+                 f"{r['adapter_ratio_vs_lora_fp16']:.2f}x" if r["adapter_ratio_vs_lora_fp16"] else "-",
+                 f"{r['base_bits'] // 8:,}", f"{r['base_ratio_vs_fp16']:.2f}x", f"{r['adapter_rel_error']:.4f}",
+                 f"{r['base_rel_error']:.4f}", f"{r['output_rel_error']:.4f}" if "output_rel_error" in r else "-"]
+        if "cosine" in cols:
+            cells.append(f"{r['cosine_similarity']:.4f}" if "cosine_similarity" in r else "-")
+        table.add_row(*cells)
+    _console().print(table)
 
 
 if __name__ == "__main__":

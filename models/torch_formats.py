@@ -189,6 +189,19 @@ class HalfLinear(torch.nn.Module):
         return torch.nn.functional.linear(x, self.weight.float(), self.bias)
 
 
+class Fp32LoraBranch(torch.nn.Module):
+    """The trained adapter as PEFT computes it in fp32: the unquantised reference."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, scaling: float):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.from_numpy(np.asarray(a, np.float32)), requires_grad=False)
+        self.b = torch.nn.Parameter(torch.from_numpy(np.asarray(b, np.float32)), requires_grad=False)
+        self.scaling = scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.a.T) @ self.b.T * self.scaling
+
+
 class LoraFp16Branch(torch.nn.Module):
     def __init__(self, f: LoraFp16):
         super().__init__()

@@ -17,7 +17,7 @@ from models.export import quiet
 from models.formats import BASE_FORMATS, Dbf, Mdbf, Ternary, TritPlane, WeightFormat
 from models.formats.adapter import ADAPTER_FORMATS
 from models.peft_io import LoraAdapter, convert_adapter, read_adapter
-from models.torch_formats import AdaptedLinear, FormatLinear, HalfLinear, branch_module
+from models.torch_formats import AdaptedLinear, FormatLinear, Fp32LoraBranch, HalfLinear, branch_module
 from models.zoo import ZOO, zoo_dir
 
 _SKIP_BASE = ("lm_head", "embed", "pooler", "classifier")
@@ -102,18 +102,23 @@ class VariantReport:
 
 def apply_formats(base: Base, adapter: LoraAdapter | None, adapter_format: str | None, base_format: str,
                   base_opts: dict[str, Any] | None = None, adapter_opts: dict[str, Any] | None = None) -> VariantReport:
-    """Replace base linears and attach the adapter branch in place; returns bytes and errors."""
+    """Replace base linears and attach the adapter branch in place; returns bytes and errors.
+
+    `base_opts` (bpw, iters) apply to the binary factorisations dbf and mdbf.
+    adapter_format "reference" attaches the trained adapter itself in fp32: the unquantised model that
+    output errors are measured against.
+    """
     if base_format not in BASE_FORMATS:
         raise HwsimError(f"unknown base format '{base_format}' (known: {', '.join(BASE_FORMATS)})")
-    if adapter_format is not None and adapter_format not in ADAPTER_FORMATS:
+    if adapter_format not in (None, "reference", *ADAPTER_FORMATS):
         raise HwsimError(f"unknown adapter format '{adapter_format}' (known: {', '.join(ADAPTER_FORMATS)})")
     report = VariantReport(adapter_format, base_format)
     model = base.model
     if adapter is not None:
         missing = [m for m in adapter.modules if not _has_linear(model, _module_path(m))]
         if missing:
-            raise HwsimError(f"the adapter targets module '{_module_path(missing[0])}', which {base.name} does not have "
-                             f"as a linear layer (target_modules: {adapter.config.get('target_modules')})")
+            raise HwsimError(f"the adapter targets module '{_module_path(missing[0])}', which {base.name} does not "
+                             f"have as a linear layer (target_modules: {adapter.config.get('target_modules')})")
     base_errors = []
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
                and not any(s in n for s in _SKIP_BASE)]
@@ -127,13 +132,18 @@ def apply_formats(base: Base, adapter: LoraAdapter | None, adapter_format: str |
             new: torch.nn.Module = HalfLinear(lin)
             report.base_bits += 16 * w.size
         else:
-            f = fit_base(w, base_format, **(base_opts or {}))
+            f = fit_base(w, base_format, **(base_opts or {} if base_format in ("dbf", "mdbf") else {}))
             new = FormatLinear(f, lin.bias)
             report.base_bits += f.bits()
             base_errors.append(f.report.rel_error)
         model.set_submodule(name, new)
     report.base_rel_error = float(np.mean(base_errors)) if base_errors else 0.0
-    if adapter is not None and adapter_format is not None:
+    if adapter is not None and adapter_format == "reference":
+        for module, (a, b) in adapter.modules.items():
+            path = _module_path(module)
+            branch = Fp32LoraBranch(a, b, adapter.scaling(module))
+            model.set_submodule(path, AdaptedLinear(model.get_submodule(path), branch))
+    elif adapter is not None and adapter_format is not None:
         results = convert_adapter(adapter, adapter_format, **(adapter_opts or {}))
         for res in results:
             path = _module_path(res.name)
@@ -150,11 +160,6 @@ def _has_linear(model: torch.nn.Module, path: str) -> bool:
         return isinstance(model.get_submodule(path), torch.nn.Linear)
     except AttributeError:
         return False
-
-
-def reference_adapter(adapter: LoraAdapter) -> LoraAdapter:
-    """The unquantised reference: the trained adapter itself (fp32), applied unmerged."""
-    return adapter
 
 
 def export_variant(base: Base, path: Path, *, force: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -208,3 +213,30 @@ def variant_summary(report: VariantReport) -> dict[str, Any]:
 def load_adapter_for(base: Base, adapter_dir: str | None) -> LoraAdapter | None:
     path = Path(adapter_dir) if adapter_dir else base.adapter_dir
     return read_adapter(path) if path is not None else None
+
+
+def evaluate_variants(model: str, adapter_dir: str | None, variants: list[tuple[str, str]], *, seed: int = 0,
+                      base_opts: dict[str, Any] | None = None,
+                      progress: Any = None) -> list[dict[str, Any]]:
+    """Bytes, reconstruction and output errors of each (adapter format, base format) on held-in inputs,
+    against the unquantised model (fp32 base + the trained fp32 adapter, unmerged)."""
+    def run(adapter_format: str, base_format: str) -> tuple[np.ndarray, VariantReport]:
+        base = load_base(model)
+        adapter = load_adapter_for(base, adapter_dir)
+        report = apply_formats(base, adapter, adapter_format, base_format, base_opts=base_opts)
+        with torch.no_grad():
+            return base.wrapper()(*base.inputs(seed)).numpy(), report
+
+    ref, _ = run("reference", "fp32")
+    rows = []
+    for adapter_format, base_format in variants:
+        if progress:
+            progress(f"{adapter_format} adapter, {base_format} base")
+        out, rep = run(adapter_format, base_format)
+        row = variant_summary(rep)
+        row["output_rel_error"] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+        if out.ndim == 2:  # sentence embeddings: cosine similarity to the unquantised model's
+            cos = (out * ref).sum(-1) / (np.linalg.norm(out, axis=-1) * np.linalg.norm(ref, axis=-1))
+            row["cosine_similarity"] = float(cos.mean())
+        rows.append(row)
+    return rows

@@ -125,7 +125,7 @@ class Mdbf(WeightFormat):
         self.report = report or FitReport(float("nan"))
 
     @classmethod
-    def fit(cls, w: np.ndarray, *, bpw: float = 1.0, l: int = 2, paths: int = 1, iters: int = 30) -> Self:  # noqa: E741
+    def fit(cls, w: np.ndarray, *, bpw: float = 1.0, l: int = 2, paths: int = 1, iters: int = 20) -> Self:  # noqa: E741
         w = np.asarray(w, np.float64)
         n, m = w.shape
         r = mdbf_rank(n, m, bpw, l, paths)
@@ -188,7 +188,7 @@ class Dbf(WeightFormat):
         self.report = report or FitReport(float("nan"))
 
     @classmethod
-    def fit(cls, w: np.ndarray, *, bpw: float = 1.0, iters: int = 30, sweeps: int = 3) -> Self:
+    def fit(cls, w: np.ndarray, *, bpw: float = 1.0, iters: int = 20, sweeps: int = 3) -> Self:
         w = np.asarray(w, np.float64)
         n, m = w.shape
         k = dbf_rank(n, m, bpw)

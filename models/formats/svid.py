@@ -45,6 +45,17 @@ def svid(m: np.ndarray, rank: int = 1) -> Svid:
     return Svid(signs(m), left, right, rho)
 
 
-def project(m: np.ndarray, rank: int = 1) -> np.ndarray:
-    """The nearest SVID-set point used as the ADMM projection: sign(m) * TSVD_rank(|m|)."""
-    return svid(m, rank).reconstruct()
+def project(m: np.ndarray, rank: int = 1, iters: int = 5, oversample: int = 4) -> np.ndarray:
+    """The ADMM projection onto the SVID set: sign(m) * TSVD_rank(|m|), the truncated SVD taken by
+    subspace iteration with oversampling (as MDBF does: 5 iterations, oversample 4), not a full SVD."""
+    mag = np.abs(m)
+    k = min(rank + oversample, *mag.shape)
+    probe = np.random.default_rng(0).standard_normal((mag.shape[1], k))  # fixed: deterministic fits
+    q = np.linalg.qr(mag @ probe)[0]
+    for _ in range(iters):
+        q = np.linalg.qr(mag @ (mag.T @ q))[0]
+    u, s, vt = np.linalg.svd(q.T @ mag, full_matrices=False)
+    approx = (q @ u[:, :rank]) * s[:rank] @ vt[:rank]
+    if rank == 1:
+        approx = np.abs(approx)  # the Perron pair is non-negative
+    return np.where(m >= 0, 1.0, -1.0) * approx

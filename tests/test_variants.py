@@ -1,0 +1,72 @@
+"""Every format applied to the zoo models, exported to compact ONNX that stock onnxruntime runs.
+
+`export_variant` itself refuses to write a file whose onnxruntime output differs from the torch model of
+that variant (relative 1e-3); these tests add what the file must look like and that hwsim compiles it.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from hwsim.api import compile_model
+from models.variants import apply_formats, evaluate_variants, export_variant, load_adapter_for, load_base
+
+ADAPTER_VARIANTS = [(f, "fp32") for f in ("lora-fp16", "lordba", "ternary", "tritplane")]
+BASE_VARIANTS = [("lora-fp16", b) for b in ("fp16", "dbf", "mdbf", "ternary", "tritplane")]
+FAST = {"iters": 3}  # dbf/mdbf ADMM iterations: the export path, not the fit quality, is under test
+EXPECTED_OPS = {"lordba": {"LoRDBA"}, "ternary": {"TernaryMatMul"}, "tritplane": {"TritPlane"}, "dbf": {"DBF"},
+                "mdbf": {"MDBFPath"}}
+
+
+def export(model: str, adapter_format: str, base_format: str, path: Path) -> dict:
+    base = load_base(model)
+    apply_formats(base, load_adapter_for(base, None), adapter_format, base_format, base_opts=FAST)
+    return export_variant(base, path)
+
+
+def pm1_float_matrices(path: Path) -> list[str]:
+    """Initializers that are dense float matrices of only +-1 (what packing must avoid)."""
+    out = []
+    for t in onnx.load(str(path)).graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.ndim == 2 and a.dtype.kind == "f" and a.size > 16 and np.isin(a, (-1.0, 1.0)).all():
+            out.append(t.name)
+    return out
+
+
+@pytest.mark.parametrize("adapter_format, base_format", ADAPTER_VARIANTS + BASE_VARIANTS)
+def test_tiny_llama_variant_exports_compact_and_runs(adapter_format: str, base_format: str, tmp_path: Path) -> None:
+    info = export("tiny-llama", adapter_format, base_format, tmp_path / "m.onnx")
+    assert info["onnxruntime_vs_torch_rel_err"] < 1e-3
+    expected = EXPECTED_OPS.get(adapter_format, set()) | EXPECTED_OPS.get(base_format, set())
+    assert set(info["hwsim_ops"]) == expected
+    assert pm1_float_matrices(tmp_path / "m.onnx") == []
+    if base_format in EXPECTED_OPS:  # only embeddings and lm_head stay dense
+        assert info["dense_fp32_matrices"] == 2
+
+
+def test_compile_verifies_a_format_variant(tmp_path: Path) -> None:
+    """hwsim's own compiler takes the ai.hwsim ops (through their function bodies) to a verified build."""
+    export("tiny-llama", "lordba", "ternary", tmp_path / "m.onnx")
+    result = compile_model(str(tmp_path / "m.onnx"), shapes={"input_ids": (1, 16)}, out=tmp_path / "out", runs=3)
+    assert result.manifest["verification"]["passed"]
+
+
+def test_minilm_variant_exports_and_reports_cosine(tmp_path: Path) -> None:
+    info = export("minilm", "lordba", "ternary", tmp_path / "m.onnx")
+    assert set(info["hwsim_ops"]) == {"LoRDBA", "TernaryMatMul"}
+    rows = evaluate_variants("minilm", None, [("lora-fp16", "fp32"), ("lordba", "fp32")])
+    assert rows[0]["cosine_similarity"] > 0.999  # fp16 LoRA: rounding only
+    assert 0 < rows[1]["cosine_similarity"] <= 1
+    assert rows[1]["adapter_ratio_vs_lora_fp16"] > 7
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter_format, base_format", ADAPTER_VARIANTS + BASE_VARIANTS)
+def test_minilm_every_variant(adapter_format: str, base_format: str, tmp_path: Path) -> None:
+    info = export("minilm", adapter_format, base_format, tmp_path / "m.onnx")
+    assert info["onnxruntime_vs_torch_rel_err"] < 1e-3
+    assert pm1_float_matrices(tmp_path / "m.onnx") == []
