@@ -45,7 +45,7 @@ def test_read_adapter_scaling_and_rslora(tmp_path: Path) -> None:
 
 def test_convert_writes_compact_form_and_a_peft_oracle(tmp_path: Path) -> None:
     src = make_adapter(tmp_path / "a", r=16)
-    code, stdout, stderr = run("convert", str(src), "--format", "lordba", "--out", str(tmp_path / "o"))
+    code, _, stderr = run("convert", str(src), "--format", "lordba", "--out", str(tmp_path / "o"))
     assert code == 0, stderr
     report = json.loads((tmp_path / "o" / "hwsim_adapter.json").read_text())
     (row,) = report["modules"]
