@@ -52,7 +52,6 @@ class _Body:
 
     def unpack(self, packed: str, cols: str, bits: int) -> str:
         """uint8 [rows, C] -> float [rows, cols]: +-1 for bits=1, trits for bits=2."""
-        per = 8 // bits
         shifts = self.const(np.arange(0, 8, bits, dtype=np.uint8))
         mask = self.const(np.array((1 << bits) - 1, np.uint8))
         fields = self.op("BitwiseAnd", self.op("BitShift", self.op("Unsqueeze", packed, self.const(np.array([2]))),
@@ -63,7 +62,6 @@ class _Body:
         if bits == 1:
             return self.op("Sub", self.op("Mul", cut, self.const(np.array(2.0, np.float32))),
                            self.const(np.array(1.0, np.float32)))
-        assert per == 4
         return self.op("Sub", cut, self.const(np.array(1.0, np.float32)))
 
     def matmul_t(self, h: str, w: str) -> str:

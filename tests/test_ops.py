@@ -14,6 +14,7 @@ from onnx_util import run_ort, single_node_model
 
 from hwsim import interp
 from hwsim.frontend import import_model
+from hwsim.ir import Graph
 from hwsim.passes import DEFAULT_PIPELINE, run_pipeline
 from hwsim.reference import compare
 
@@ -159,38 +160,39 @@ def _model(case: Case):
                              opset=case.opset, **case.attrs)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_interpreter_matches_onnxruntime(case: Case) -> None:
+def _reference_and_graph(case: Case) -> tuple[list[np.ndarray], Graph]:
     model = _model(case)
-    ref = run_ort(model, case.feeds)
     graph = import_model(model)
     run_pipeline(graph, DEFAULT_PIPELINE)
-    got = interp.run(graph, case.feeds)
+    return run_ort(model, case.feeds), graph
+
+
+def _assert_matches(case: Case, ref: list[np.ndarray], got: list[np.ndarray], rtol: float) -> None:
     for r, g in zip(ref, got, strict=True):
         assert g.dtype == r.dtype and g.shape == r.shape
-        c = compare(case.id, g, r, rtol=1e-5)
+        c = compare(case.id, g, r, rtol=rtol)
         assert c.ok, c.describe()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_interpreter_matches_onnxruntime(case: Case) -> None:
+    ref, graph = _reference_and_graph(case)
+    _assert_matches(case, ref, interp.run(graph, case.feeds), rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_tvm_host_build_matches_onnxruntime(case: Case) -> None:
+    import tvm
+    from tvm import relax
+
     from codegen import host
     from codegen.relax_lower import to_relax
     from targets import load_target
 
-    model = _model(case)
-    ref = run_ort(model, case.feeds)
-    graph = import_model(model)
-    run_pipeline(graph, DEFAULT_PIPELINE)
+    ref, graph = _reference_and_graph(case)
     ex = host.build(to_relax(graph), host.tvm_target(load_target("host")))
-    import tvm
-    from tvm import relax
-
     got = host.run(relax.VirtualMachine(ex, tvm.cpu()), [case.feeds[v.name] for v in graph.inputs])
-    for r, g in zip(ref, got, strict=True):
-        assert g.dtype == r.dtype and g.shape == r.shape
-        c = compare(case.id, g, r, rtol=1e-4)
-        assert c.ok, c.describe()
+    _assert_matches(case, ref, got, rtol=1e-4)
 
 
 def test_every_required_op_has_a_case() -> None:
