@@ -38,12 +38,13 @@ class Base:
         return (LogitsOnly if self.kind == "causal-lm" else MeanPooledEmbedding)(self.model).eval()
 
     def inputs(self, seed: int, batch: int = 4, seq: int = 16) -> tuple[torch.Tensor, ...]:
-        """Held-in inputs: data from the task the zoo adapter was trained on (random ids otherwise)."""
-        if self.kind == "causal-lm":
+        """Held-in inputs: data from the task the zoo adapter was trained on; for other models, token ids
+        from the same seeded generator over the model's vocabulary (and a full attention mask)."""
+        if self.name != "minilm":
             from models.train import permutation_lm_batches
 
-            vocab = self.model.config.vocab_size
-            return (next(permutation_lm_batches(vocab, seq, batch, seed))["input_ids"],)
+            ids = next(permutation_lm_batches(self.model.config.vocab_size, seq, batch, seed))["input_ids"]
+            return (ids,) if self.kind == "causal-lm" else (ids, torch.ones_like(ids))
         from models.train import sentiment_sentences
         from models.zoo_build import minilm_tokenizer
 
@@ -72,9 +73,12 @@ def load_base(model: str) -> Base:
     with quiet():
         config = AutoConfig.from_pretrained(path)
         causal = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
-        loader = AutoModelForCausalLM if causal else AutoModel
-        hf = loader.from_pretrained(path, **({} if causal else {"add_pooling_layer": False})
-                                    if config.model_type == "bert" else {}).eval()
+        if causal:
+            hf = AutoModelForCausalLM.from_pretrained(path)
+        else:  # encoders: the hidden states (BERT's pooler is not part of sentence embeddings)
+            extra = {"add_pooling_layer": False} if config.model_type == "bert" else {}
+            hf = AutoModel.from_pretrained(path, **extra)
+        hf = hf.eval()
     return Base(model, "causal-lm" if causal else "embedding", hf, adapter)
 
 

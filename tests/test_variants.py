@@ -70,3 +70,21 @@ def test_minilm_every_variant(adapter_format: str, base_format: str, tmp_path: P
     info = export("minilm", adapter_format, base_format, tmp_path / "m.onnx")
     assert info["onnxruntime_vs_torch_rel_err"] < 1e-3
     assert pm1_float_matrices(tmp_path / "m.onnx") == []
+
+
+def test_local_hugging_face_directory_with_adapter(tmp_path: Path) -> None:
+    """MODEL may be a Hugging Face model directory, with --adapter a PEFT directory."""
+    from click.testing import CliRunner
+
+    from hwsim.cli import main
+    from models.zoo import zoo_dir
+
+    d = zoo_dir("tiny-llama")
+    result = CliRunner().invoke(main, ["export", str(d / "base"), "--adapter", str(d / "adapter"), "--format",
+                                       "tritplane", "--out", str(tmp_path / "m.onnx"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    import json
+
+    report = json.loads(result.stdout)
+    assert report["export"]["hwsim_ops"] == ["TritPlane"]
+    assert report["variant"]["adapter_ratio_vs_lora_fp16"] > 3
