@@ -112,8 +112,11 @@ def compile_model(model: str | None = None, *, target: str = "host",
     """
     step = progress or (lambda _msg: None)
     step("resolving model")
-    src = resolve_model(model, step)
     spec = load_target(target)
+    if spec.tvm.mtriple:
+        raise HwsimError(f"target '{spec.name}' ({spec.tvm.mtriple}) needs cross-compilation and a qemu/RPC "
+                         "runner, which hwsim does not have yet; the target that builds today is 'host'")
+    src = resolve_model(model, step)
     out_dir = Path(out) if out else default_out_dir(src, spec)
     files = _model_files(src.path)
     options = {"shapes": {k: list(v) for k, v in sorted((shapes or {}).items())}, "seed": seed, "rtol": rtol,

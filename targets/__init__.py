@@ -1,11 +1,12 @@
 """Hardware targets as data: TOML files beside this module, validated when loaded.
 
-Unknown keys, missing keys and wrong types are errors naming the file and key (TOML itself rejects
-duplicate keys). Nothing here imports TVM: `codegen` turns a `Target` into a TVM target.
+Unknown keys, missing keys, wrong types and negative numbers are errors naming the file and the key
+(TOML itself rejects duplicate keys, and the error names the line). Units are part of key names.
+Nothing here imports TVM: `codegen` turns a `Target` into a TVM target.
 """
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ KINDS = ("cpu",)
 
 @dataclass(frozen=True)
 class TvmTarget:
+    """The TVM target dict: `mcpu = "native"` resolves to this machine's CPU, `num_cores = 0` to all."""
+
     kind: str
     mcpu: str
     num_cores: int
@@ -25,23 +28,54 @@ class TvmTarget:
 
 
 @dataclass(frozen=True)
+class CpuSpec:
+    """What a roofline estimate needs: peak compute, caches and memory bandwidth."""
+
+    clock_ghz: float
+    vector_bits: int
+    fma_pipes: int  # SIMD FMA issue per cycle per core
+    l1d_kib: int
+    l2_kib: int
+    l3_kib: int
+    dram_bandwidth_gbs: float
+
+
+@dataclass(frozen=True)
+class EnergySpec:
+    """Energy per operation and per byte moved, with the process node the figures are for."""
+
+    process_nm: int
+    fp32_fma_pj: float
+    fp16_fma_pj: float
+    int8_mac_pj: float
+    int32_add_pj: float
+    sram_pj_per_byte: float
+    dram_pj_per_byte: float
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     kind: str
     description: str
     tvm: TvmTarget
+    cpu: CpuSpec
+    energy: EnergySpec
     source: Path
 
 
-_SCHEMA: dict[str, dict[str, tuple[type, bool]]] = {
-    "": {"name": (str, True), "kind": (str, True), "description": (str, True), "tvm": (dict, True)},
+_SECTIONS: dict[str, dict[str, tuple[type, bool]]] = {
+    "": {"name": (str, True), "kind": (str, True), "description": (str, True), "tvm": (dict, True),
+         "cpu": (dict, True), "energy": (dict, True)},
     "tvm": {"kind": (str, True), "mcpu": (str, True), "num_cores": (int, True), "mtriple": (str, False),
             "mattr": (list, False)},
+    "cpu": {f.name: (float if f.type in (float, "float") else int, True) for f in fields(CpuSpec)},
+    "energy": {f.name: (float if f.type in (float, "float") else int, True) for f in fields(EnergySpec)},
 }
 
 
 def _check(table: dict[str, Any], section: str, path: Path) -> None:
-    schema = _SCHEMA[section]
+    schema = _SECTIONS[section]
     prefix = f"{section}." if section else ""
     for key in table:
         if key not in schema:
@@ -52,9 +86,10 @@ def _check(table: dict[str, Any], section: str, path: Path) -> None:
                 raise HwsimError(f"{path}: missing key '{prefix}{key}'")
             continue
         value = table[key]
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        ok = isinstance(value, typ) or (typ is float and isinstance(value, int))
+        if not ok or (typ in (int, float) and isinstance(value, bool)):
             raise HwsimError(f"{path}: key '{prefix}{key}' must be {typ.__name__}, got {value!r}")
-        if typ is int and value < 0:
+        if typ in (int, float) and value < 0:
             raise HwsimError(f"{path}: key '{prefix}{key}' must be >= 0, got {value}")
 
 
@@ -64,13 +99,15 @@ def load_target_file(path: Path) -> Target:
     except tomllib.TOMLDecodeError as e:
         raise HwsimError(f"{path}: invalid TOML ({e})") from None
     _check(data, "", path)
-    _check(data["tvm"], "tvm", path)
+    for section in ("tvm", "cpu", "energy"):
+        _check(data[section], section, path)
     if data["kind"] not in KINDS:
         raise HwsimError(f"{path}: key 'kind' must be one of {', '.join(KINDS)}, got {data['kind']!r}")
     t = data["tvm"]
     tvm = TvmTarget(kind=t["kind"], mcpu=t["mcpu"], num_cores=t["num_cores"], mtriple=t.get("mtriple", ""),
                     mattr=tuple(t.get("mattr", ())))
-    return Target(name=data["name"], kind=data["kind"], description=data["description"], tvm=tvm, source=path)
+    return Target(name=data["name"], kind=data["kind"], description=data["description"], tvm=tvm,
+                  cpu=CpuSpec(**data["cpu"]), energy=EnergySpec(**data["energy"]), source=path)
 
 
 def known_targets() -> list[str]:

@@ -14,6 +14,22 @@ description = "test"
 kind = "llvm"
 mcpu = "generic"
 num_cores = 2
+[cpu]
+clock_ghz = 2
+vector_bits = 128
+fma_pipes = 2
+l1d_kib = 64
+l2_kib = 512
+l3_kib = 0
+dram_bandwidth_gbs = 17.1
+[energy]
+process_nm = 45
+fp32_fma_pj = 4.6
+fp16_fma_pj = 1.5
+int8_mac_pj = 0.3
+int32_add_pj = 0.1
+sram_pj_per_byte = 1.25
+dram_pj_per_byte = 162.5
 """
 
 
@@ -23,9 +39,13 @@ def write(tmp_path: Path, text: str) -> str:
     return str(p)
 
 
-def test_builtin_host_loads() -> None:
-    t = load_target("host")
-    assert t.name == "host" and t.tvm.kind == "llvm" and "host" in known_targets()
+def test_builtin_targets_load() -> None:
+    assert {"host", "cortex-a76", "cortex-a55", "cortex-a72"} <= set(known_targets())
+    for name in known_targets():
+        t = load_target(name)
+        assert t.name == name and t.tvm.kind == "llvm" and t.cpu.clock_ghz > 0 and t.energy.fp32_fma_pj > 0
+    a76 = load_target("cortex-a76")
+    assert a76.tvm.mtriple == "aarch64-linux-gnu" and a76.tvm.mcpu == "cortex-a76" and a76.tvm.num_cores == 4
 
 
 def test_good_file_loads(tmp_path: Path) -> None:
@@ -33,12 +53,16 @@ def test_good_file_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, needle", [
-    (GOOD + "clock_ghz = 2.0\n", "unknown key 'tvm.clock_ghz'"),
+    (GOOD + "sram_kib = 2.0\n", "unknown key 'energy.sram_kib'"),
+    (GOOD.replace("l2_kib = 512", "l2_kib = -512"), "key 'cpu.l2_kib' must be >= 0"),
+    (GOOD.replace("fma_pipes = 2\n", ""), "missing key 'cpu.fma_pipes'"),
+    (GOOD.replace("vector_bits = 128", "vector_bits = 128\nvector_bits = 256"), "invalid TOML"),
+    (GOOD.replace("clock_ghz = 2", 'clock_ghz = "fast"'), "key 'cpu.clock_ghz' must be float"),
     (GOOD.replace('kind = "cpu"\n', 'kind = "cpu"\ncolour = "red"\n'), "unknown key 'colour'"),
     (GOOD.replace('mcpu = "generic"\n', ""), "missing key 'tvm.mcpu'"),
     (GOOD.replace("num_cores = 2", "num_cores = -1"), "key 'tvm.num_cores' must be >= 0"),
     (GOOD.replace("num_cores = 2", 'num_cores = "two"'), "key 'tvm.num_cores' must be int"),
-    (GOOD + "num_cores = 4\n", "invalid TOML"),  # duplicate key
+    (GOOD.replace("num_cores = 2", "num_cores = 2\nnum_cores = 4"), "invalid TOML"),  # duplicate key
     (GOOD.replace('kind = "cpu"', 'kind = "fpga"'), "key 'kind' must be one of cpu"),
 ])
 def test_bad_files_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -50,3 +74,10 @@ def test_bad_files_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
 def test_unknown_target_lists_the_known_ones() -> None:
     with pytest.raises(HwsimError, match=r"unknown target 'nope' \(known: .*host"):
         load_target("nope")
+
+
+def test_compile_refuses_cross_targets_clearly() -> None:
+    from hwsim.api import compile_model
+
+    with pytest.raises(HwsimError, match=r"target 'cortex-a76' .* needs cross-compilation"):
+        compile_model("tiny-llama", target="cortex-a76")
