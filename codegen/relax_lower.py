@@ -69,6 +69,27 @@ def _matmul(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
     return R.matmul(x[0], x[1])
 
 
+def _accumulate(bits: int) -> Lowering:
+    """Reference lowering: unpack the packed weights with Relax bit ops and multiply densely. TVM folds
+    the unpacking of constant weights at build time, so this runs as a dense fp32 matmul; it is the
+    correctness baseline that the packed TIR kernels (issue 4) replace."""
+    def lower(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
+        xv, packed, *scales = x
+        rows, cols = n.inputs[1].type.shape
+        shifts = relax.const(np.arange(0, 8, bits, dtype=np.uint8))
+        fields = R.bitwise_and(R.right_shift(R.expand_dims(packed, 2), shifts),
+                               relax.const((1 << bits) - 1, "uint8"))
+        w = R.astype(R.strided_slice(R.reshape(fields, [rows, cols * (8 // bits)]), [1], [0], [a["k"]]), "float32")
+        w = R.subtract(R.multiply(w, relax.const(2.0, "float32")), relax.const(1.0, "float32")) if bits == 1 \
+            else R.subtract(w, relax.const(1.0, "float32"))
+        dtype = n.inputs[0].type.dtype.value
+        h = R.multiply(xv, R.astype(scales[0], dtype)) if a["pre"] else xv
+        y = R.matmul(R.astype(h, "float32"), R.permute_dims(w, [1, 0]))
+        y = R.multiply(y, R.astype(scales[-1], "float32")) if a["post"] else y
+        return R.astype(y, dtype) if dtype != "float32" else y
+    return lower
+
+
 def _gelu(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
     return R.nn.gelu_tanh(x[0]) if a["approximate"] == "tanh" else R.nn.gelu(x[0])
 
@@ -127,6 +148,8 @@ LOWERINGS: dict[Op, Lowering] = {
         x[0], _wrap_negative(x[1], n.inputs[0].type.shape[a["axis"]], n.inputs[1]), axis=a["axis"]),
     Op.GATHER_ND: lambda x, a, n: R.gather_nd(x[0], x[1], batch_dims=a["batch_dims"]),
     Op.CUMSUM: lambda x, a, n: _cumsum(x[0], a),
+    Op.SIGN_ACCUMULATE: _accumulate(1),
+    Op.TERNARY_ACCUMULATE: _accumulate(2),
     Op.BROADCAST_TO: lambda x, a, n: R.broadcast_to(x[0], list(a["shape"])),
     Op.TRILU: lambda x, a, n: (R.triu if a["upper"] else R.tril)(x[0], a["k"]),
 }

@@ -298,6 +298,7 @@ class InspectReport:
     largest: list[dict[str, Any]]
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+    layers: list[dict[str, Any]]  # format layers (ai.hwsim ops): lowered to accumulate ops, or why not
 
 
 def inspect_model(model: str | None = None, *, shapes: dict[str, tuple[int, ...]] | None = None,
@@ -318,4 +319,6 @@ def inspect_model(model: str | None = None, *, shapes: dict[str, tuple[int, ...]
                  for v in values],
         inputs=[{"name": v.name, "type": str(v.type)} for v in graph.inputs],
         outputs=[{"name": v.name, "type": str(v.type)} for v in graph.outputs],
+        layers=[{"name": layer.name, "op": layer.op_type, "lowered": layer.lowered, "status": layer.status}
+                for layer in graph.layers],
     )

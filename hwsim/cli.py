@@ -131,7 +131,16 @@ def inspect(model: str | None, shape: tuple[str, ...], top: int, as_json: bool) 
         big.add_column(col, justify="right" if col == "bytes" else "left")
     for t in report.largest:
         big.add_row(t["name"], t["type"], f"{t['bytes']:,}", t["kind"])
-    for t in (ops, params, big):
+    tables = [ops, params, big]
+    if report.layers:
+        layers = Table(title=f"format layers ({sum(x['lowered'] for x in report.layers)} of {len(report.layers)} "
+                             "lowered to accumulate ops)")
+        for col in ("node", "op", "status"):
+            layers.add_column(col)
+        for x in report.layers:
+            layers.add_row(x["name"], x["op"], x["status"])
+        tables.append(layers)
+    for t in tables:
         console.print(t)
 
 

@@ -108,6 +108,24 @@ def _cumsum(x: Arrays, a: dict) -> Arrays:
     return [np.flip(out, ax) if a["reverse"] else out]
 
 
+def _unpack(packed: np.ndarray, k: int, bits: int) -> np.ndarray:
+    """uint8 rows -> int8 weights: signs (bit 1 = +1, LSB first) or trits (2-bit code t + 1)."""
+    shifts = np.arange(0, 8, bits, dtype=np.uint8)
+    fields = ((packed[..., None] >> shifts) & ((1 << bits) - 1)).reshape(packed.shape[0], -1)[:, :k]
+    return (fields.astype(np.int8) * 2 - 1) if bits == 1 else fields.astype(np.int8) - 1
+
+
+def _accumulate(bits: int) -> Impl:
+    """y[..., n] = post[n] * sum_k W[n, k] * (pre[k] * x[..., k]), W in {-1,+1} or {-1,0,+1}: the
+    weights only add, subtract or skip; scales are applied once per input and once per output channel."""
+    def impl(x: Arrays, a: dict) -> Arrays:
+        v, packed, *scales = x
+        h = v * scales[0].astype(v.dtype) if a["pre"] else v
+        y = h.astype(np.float32) @ _unpack(packed, a["k"], bits).T.astype(np.float32)
+        return [y * scales[-1].astype(np.float32) if a["post"] else y]
+    return impl
+
+
 def _trilu(x: Arrays, a: dict) -> Arrays:
     return [(np.triu if a["upper"] else np.tril)(x[0], a["k"])]
 
@@ -166,6 +184,8 @@ IMPLS: dict[Op, Impl] = {
     Op.CUMSUM: _cumsum,
     Op.BROADCAST_TO: lambda x, a: [np.broadcast_to(x[0], a["shape"])],
     Op.TRILU: _trilu,
+    Op.SIGN_ACCUMULATE: _accumulate(1),
+    Op.TERNARY_ACCUMULATE: _accumulate(2),
 }
 assert set(IMPLS) == set(Op), f"ops without semantics: {set(Op) - set(IMPLS)}"
 assert set(IMPLS) >= OpGroup.UNARY

@@ -1,5 +1,6 @@
 """ONNX -> IR driver: walks the nodes, calls one converter per op type, folds constant subgraphs."""
 
+import ast
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from onnx import numpy_helper
 from hwsim.errors import HwsimError, UnsupportedOpError
 from hwsim.frontend.reader import default_opset, graph_inputs, input_signature, load_onnx, resolve_shapes
 from hwsim.interp import evaluate
-from hwsim.ir import Graph, Node, Op, OpGroup, TensorType, Value, infer, verify
+from hwsim.ir import Graph, Layer, Node, Op, OpGroup, TensorType, Value, infer, verify
 
 # Constant subgraphs whose tensors are at most this big are evaluated at import (shape arithmetic,
 # masks, position ids); bigger ones stay in the graph so weights keep their stored dtype and layout.
@@ -25,6 +26,7 @@ class ImportContext:
         self.values: dict[str, Value] = {}
         self.nodes: list[Node] = []
         self.node_name = ""
+        self.layers: list[Layer] = []
         self._names: set[str] = set()
 
     def fresh(self, base: str) -> str:
@@ -98,7 +100,7 @@ def import_model(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | No
         if o.name not in ctx.values:
             raise HwsimError(f"graph output '{o.name}' is not produced by any node")
         outputs.append(ctx.values[o.name])
-    graph = Graph(name, inputs, outputs, ctx.nodes)
+    graph = Graph(name, inputs, outputs, ctx.nodes, ctx.layers)
     verify(graph)
     return graph
 
@@ -146,7 +148,22 @@ def _inline(ctx: ImportContext, node: onnx.NodeProto, ins: list[Value | None],
     missing = [o for o in fn.output if o not in scope]
     if missing:
         raise ctx.fail(f"function {node.domain}::{node.op_type} never defines output {missing[0]}")
-    return [scope[o] for o in fn.output]
+    outs = [scope[o] for o in fn.output]
+    ctx.layers.append(Layer(node.op_type, _module_scope(node) or name, [v for v in ins if v is not None], outs))
+    return outs
+
+
+def _module_scope(node: onnx.NodeProto) -> str | None:
+    """The torch module path the dynamo exporter records for a node (e.g. model.layers.0.mlp.up_proj)."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            modules = [str(x) for x in scopes if "." in str(x)]  # the last entry names the op call itself
+            return modules[-1] if modules else None
+    return None
 
 
 def import_onnx(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:

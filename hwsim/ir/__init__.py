@@ -1,11 +1,11 @@
 """The hwsim graph IR: typed ops, static tensor types, graphs, a printer and a verifier."""
 
 from hwsim.ir.dtypes import DType
-from hwsim.ir.graph import Graph, Node, TensorType, Value
+from hwsim.ir.graph import Graph, Layer, Node, TensorType, Value
 from hwsim.ir.infer import infer
 from hwsim.ir.ops import OP_DEFS, Op, OpGroup
 from hwsim.ir.printer import print_graph
 from hwsim.ir.verify import verify
 
-__all__ = ["OP_DEFS", "DType", "Graph", "Node", "Op", "OpGroup", "TensorType", "Value", "infer",
+__all__ = ["OP_DEFS", "DType", "Graph", "Layer", "Node", "Op", "OpGroup", "TensorType", "Value", "infer",
            "print_graph", "verify"]

@@ -81,14 +81,29 @@ class Node:
         return f"Node({self.op.name}, {self.name!r})"
 
 
+@dataclass
+class Layer:
+    """A format layer found at import (an `ai.hwsim` op, expanded inline from its function body): the
+    op's inputs and outputs as IR values. Passes lower it to accumulate ops or record why they did not."""
+
+    op_type: str
+    name: str
+    inputs: list[Value]
+    outputs: list[Value]
+    status: str = "expanded inline (dense)"
+    lowered: bool = False
+
+
 class Graph:
     """Inputs, outputs and nodes in topological order. Constants hang off the nodes that use them."""
 
-    def __init__(self, name: str, inputs: list[Value], outputs: list[Value], nodes: list[Node]):
+    def __init__(self, name: str, inputs: list[Value], outputs: list[Value], nodes: list[Node],
+                 layers: list[Layer] | None = None):
         self.name = name
         self.inputs = inputs
         self.outputs = outputs
         self.nodes = nodes
+        self.layers = layers or []
 
     def values(self) -> Iterator[Value]:
         """Every value once: inputs, then node inputs/outputs in order, then graph outputs."""

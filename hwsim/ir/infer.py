@@ -178,6 +178,29 @@ def _cumsum(ts: Types, a: Attrs) -> Types:
     return [ts[0]]
 
 
+def _accumulate(bits: int) -> Callable[[Types, Attrs], Types]:
+    """x [..., K] and packed weights [N, ceil(K * bits / 8)] uint8 -> [..., N] in x's dtype."""
+    def rule(ts: Types, a: Attrs) -> Types:
+        x, packed, *scales = ts
+        k = a["k"]
+        if not x.dtype.is_float or not x.rank or x.shape[-1] != k:
+            raise TypeError(f"x {x} does not end in K={k}")
+        if packed.dtype is not DType.UINT8 or packed.rank != 2 or packed.shape[1] != -(-k * bits // 8):
+            raise TypeError(f"packed weights {packed} do not hold K={k} at {bits} bit(s) per weight")
+        n = packed.shape[0]
+        want = ([(k,)] if a["pre"] else []) + ([(n,), (1,), ()] if a["post"] else [])
+        if len(scales) != int(a["pre"]) + int(a["post"]):
+            raise TypeError("scale inputs do not match the pre/post attributes")
+        if a["pre"] and scales[0].shape != (k,):
+            raise TypeError(f"pre-scale {scales[0]} is not [K={k}]")
+        if a["post"] and scales[-1].shape not in want[-3:]:
+            raise TypeError(f"post-scale {scales[-1]} is not [N={n}] or a scalar")
+        if any(not s.dtype.is_float for s in scales):
+            raise TypeError("scales must be float")
+        return [TensorType((*x.shape[:-1], n), x.dtype)]
+    return rule
+
+
 def _broadcast_to(ts: Types, a: Attrs) -> Types:
     shape = tuple(a["shape"])
     if broadcast(ts[0].shape, shape) != shape:
@@ -233,6 +256,8 @@ RULES: dict[Op, Callable[[Types, Attrs], Types]] = {
     Op.GATHER_ND: _gather_nd,
     Op.CUMSUM: _cumsum,
     Op.BROADCAST_TO: _broadcast_to,
+    Op.SIGN_ACCUMULATE: _accumulate(1),
+    Op.TERNARY_ACCUMULATE: _accumulate(2),
     Op.TRILU: _trilu,
 }
 

@@ -57,6 +57,9 @@ class Op(Enum):
     REDUCE_MEAN = auto()
     REDUCE_MAX = auto()
     CUMSUM = auto()
+    # low-bit accumulations on packed weights (no multiplies inside; scales only at the edges)
+    SIGN_ACCUMULATE = auto()
+    TERNARY_ACCUMULATE = auto()
     # data movement
     RESHAPE = auto()
     TRANSPOSE = auto()
@@ -82,6 +85,7 @@ class OpGroup:
     BITWISE = frozenset({Op.SHIFT_LEFT, Op.SHIFT_RIGHT, Op.BITWISE_AND})
     BINARY = ARITH_BINARY | COMPARE | LOGICAL | BITWISE
     REDUCE = frozenset({Op.REDUCE_SUM, Op.REDUCE_MEAN, Op.REDUCE_MAX})
+    ACCUMULATE = frozenset({Op.SIGN_ACCUMULATE, Op.TERNARY_ACCUMULATE})
     # ops that only move or relabel data: free to fold on constants
     LAYOUT = frozenset({Op.RESHAPE, Op.TRANSPOSE})
 
@@ -111,6 +115,9 @@ def _defs() -> dict[Op, OpDef]:
     d[Op.LAYER_NORM] = OpDef(2, 3, frozenset({"axis", "epsilon"}))
     for op in OpGroup.REDUCE:
         d[op] = OpDef(1, 1, frozenset({"axes", "keepdims"}))
+    # inputs: x, packed, [pre_scale [K]], [post_scale [N] or []]; attrs say which scales are present
+    for op in OpGroup.ACCUMULATE:
+        d[op] = OpDef(2, 4, frozenset({"k", "pre", "post"}))
     d[Op.RESHAPE] = OpDef(1, 1, frozenset({"shape"}))
     d[Op.TRANSPOSE] = OpDef(1, 1, frozenset({"perm"}))
     d[Op.CONCAT] = OpDef(1, 1 << 16, frozenset({"axis"}))
