@@ -9,7 +9,7 @@ import platform
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from hwsim.errors import HwsimError, VerificationError
 from hwsim.frontend import import_model, load_onnx
 from hwsim.frontend.importer import graph_name
 from hwsim.ir import Graph, print_graph
+from hwsim.memory import memory_report
 from hwsim.passes import DEFAULT_PIPELINE, run_pipeline
 from hwsim.reference import compare, onnxruntime_session, random_inputs, run_onnxruntime, time_onnxruntime
 from models.zoo import DEFAULT_MODEL, ZOO, zoo_dir, zoo_onnx
@@ -209,6 +210,7 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
         "tools": tool_versions(),
         "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype.value}
                    for v in graph.inputs],
+        "memory": asdict(memory_report(graph)),
         "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text), "nodes": len(graph.nodes),
                "ops": dict(sorted(Counter(n.op.name for n in graph.nodes).items())),
                "param_bytes": graph.param_bytes()},
@@ -299,6 +301,8 @@ class InspectReport:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     layers: list[dict[str, Any]]  # format layers (ai.hwsim ops): lowered to accumulate ops, or why not
+    weight_bytes_by_format: dict[str, int]
+    peak_activation_bytes: int
 
 
 def inspect_model(model: str | None = None, *, shapes: dict[str, tuple[int, ...]] | None = None,
@@ -310,6 +314,7 @@ def inspect_model(model: str | None = None, *, shapes: dict[str, tuple[int, ...]
     for c in graph.constants():
         by_dtype[c.type.dtype.value] += c.type.nbytes
     values = sorted(graph.values(), key=lambda v: (-v.type.nbytes, v.name))[:top]
+    memory = memory_report(graph)
     return InspectReport(
         name=src.name, nodes=len(graph.nodes),
         ops=dict(Counter(n.op.name for n in graph.nodes).most_common()),
@@ -321,4 +326,6 @@ def inspect_model(model: str | None = None, *, shapes: dict[str, tuple[int, ...]
         outputs=[{"name": v.name, "type": str(v.type)} for v in graph.outputs],
         layers=[{"name": layer.name, "op": layer.op_type, "lowered": layer.lowered, "status": layer.status}
                 for layer in graph.layers],
+        weight_bytes_by_format=memory.weight_bytes_by_format,
+        peak_activation_bytes=memory.peak_activation_bytes,
     )

@@ -121,11 +121,11 @@ def inspect(model: str | None, shape: tuple[str, ...], top: int, as_json: bool) 
     ops.add_column("count", justify="right")
     for op, n in report.ops.items():
         ops.add_row(op, str(n))
-    params = Table(title="parameter bytes by dtype")
-    params.add_column("dtype")
+    params = Table(title=f"weight bytes by format (peak activations: {report.peak_activation_bytes:,} bytes)")
+    params.add_column("format / dtype")
     params.add_column("bytes", justify="right")
-    for dt, n in report.param_bytes_by_dtype.items():
-        params.add_row(dt, f"{n:,}")
+    for fmt, n in report.weight_bytes_by_format.items():
+        params.add_row(fmt, f"{n:,}")
     big = Table(title=f"largest {len(report.largest)} tensors")
     for col in ("name", "type", "bytes", "kind"):
         big.add_column(col, justify="right" if col == "bytes" else "left")
