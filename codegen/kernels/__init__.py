@@ -1,0 +1,1 @@
+"""TIR kernels for the low-bit accumulate ops, scheduled per shape."""
