@@ -90,23 +90,27 @@ def _accumulate(bits: int) -> Lowering:
     return lower
 
 
+def _bits(n: Node) -> int:
+    return 1 if n.op is Op.SIGN_ACCUMULATE else 2
+
+
 def _packed_kernel_fits(n: Node) -> bool:
-    return n.attrs["k"] % 8 == 0 and n.inputs[0].type.dtype.value == "float32"
+    return n.attrs["k"] % (8 // _bits(n)) == 0 and n.inputs[0].type.dtype.value == "float32"
 
 
-def _sign_accumulate_kernel(bb: relax.BlockBuilder, x: list[relax.Expr], n: Node) -> relax.Expr:
-    """SIGN_ACCUMULATE through the packed TIR kernel: scales stay Relax elementwise ops around it."""
-    from codegen.kernels.sign_accumulate import sign_accumulate
+def _accumulate_kernel(bb: relax.BlockBuilder, x: list[relax.Expr], n: Node) -> relax.Expr:
+    """SIGN/TERNARY_ACCUMULATE through the packed TIR kernel; scales stay Relax elementwise ops around it."""
+    from codegen.kernels.accumulate import accumulate_kernel
 
     xv, packed, *scales = x
     a, shape = n.attrs, n.inputs[0].type.shape
     rows, k, outs = int(np.prod(shape[:-1])), a["k"], n.outputs[0].type.shape[-1]
     h = R.multiply(xv, R.astype(scales[0], "float32")) if a["pre"] else xv
     h = bb.normalize(R.reshape(h, [rows, k]))
-    name = f"sign_accumulate_{rows}x{outs}x{k}"
+    name = f"{'sign' if _bits(n) == 1 else 'ternary'}_accumulate_{rows}x{outs}x{k}"
     gv = next((g for g in bb.get().functions if g.name_hint == name), None)
     if gv is None:
-        gv = bb.add_func(sign_accumulate(rows, outs, k, name), name)
+        gv = bb.add_func(accumulate_kernel(rows, outs, k, name, _bits(n)), name)
     y = relax.call_tir(gv, [h, packed], relax.TensorType((rows, outs), "float32"))
     y = R.multiply(y, R.astype(scales[-1], "float32")) if a["post"] else y
     return R.reshape(y, list(n.outputs[0].type.shape))
@@ -194,8 +198,8 @@ def to_relax(graph: Graph) -> "relax.IRModule":
         with bb.dataflow():
             for n in graph.nodes:
                 args = [arg(v) for v in n.inputs]
-                packed_kernel = n.op is Op.SIGN_ACCUMULATE and _packed_kernel_fits(n)
-                expr = _sign_accumulate_kernel(bb, args, n) if packed_kernel else LOWERINGS[n.op](args, n.attrs, n)
+                packed_kernel = n.op in OpGroup.ACCUMULATE and _packed_kernel_fits(n)
+                expr = _accumulate_kernel(bb, args, n) if packed_kernel else LOWERINGS[n.op](args, n.attrs, n)
                 if len(n.outputs) == 1:
                     env[id(n.outputs[0])] = bb.emit(expr, name_hint=n.outputs[0].name)
                 else:
