@@ -119,10 +119,10 @@ def compile_model(model: str | None = None, *, target: str = "host",
                          "runner, which hwsim does not have yet; the target that builds today is 'host'")
     src = resolve_model(model, step)
     out_dir = Path(out) if out else default_out_dir(src, spec)
-    files = _model_files(src.path)
+    hashes = {f: sha256_file(f) for f in _model_files(src.path) if f.is_file()}
     options = {"shapes": {k: list(v) for k, v in sorted((shapes or {}).items())}, "seed": seed, "rtol": rtol,
                "runs": runs}
-    key = sha256_json({"model": [sha256_file(f) for f in files if f.is_file()], "options": options,
+    key = sha256_json({"model": list(hashes.values()), "options": options,
                        "default_shapes": {k: list(v) for k, v in src.default_shapes.items()},
                        "target": spec.source.read_text(), "cpu": _cpu_name(), "tools": tool_versions(),
                        "source": source_hash()})
@@ -136,7 +136,7 @@ def compile_model(model: str | None = None, *, target: str = "host",
         manifest = _build(src, spec, shapes, tmp, seed=seed, rtol=rtol, runs=runs, step=step)
         manifest.update(cache_key=key, options=options,
                         model={"name": src.name, "path": str(src.path), "builtin": src.builtin,
-                               "files": {f.name: sha256_file(f) for f in files}})
+                               "files": {f.name: h for f, h in hashes.items()}})
         write_json(tmp / "manifest.json", manifest)
     return CompileResult(out_dir, manifest, cached=False)
 
@@ -144,11 +144,10 @@ def compile_model(model: str | None = None, *, target: str = "host",
 def _cached_manifest(out_dir: Path, key: str) -> dict[str, Any] | None:
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
+        library = out_dir / manifest["artifacts"]["library"]["file"]
+    except (OSError, ValueError, KeyError, TypeError):  # no manifest, or not one of ours
         return None
-    if manifest.get("cache_key") == key and (out_dir / manifest["artifacts"]["library"]["file"]).is_file():
-        return manifest
-    return None
+    return manifest if manifest.get("cache_key") == key and library.is_file() else None
 
 
 def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | None, tmp: Path, *,
