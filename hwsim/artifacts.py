@@ -91,10 +91,3 @@ def source_hash() -> str:
                 h.update(str(f.relative_to(root)).encode())
                 h.update(f.read_bytes())
     return h.hexdigest()[:16]
-
-
-def cwd_relative(path: Path) -> str:
-    try:
-        return os.path.relpath(path)
-    except ValueError:
-        return str(path)

@@ -94,12 +94,6 @@ def read_adapter(path: Path) -> LoraAdapter:
     return adapter
 
 
-def write_adapter(path: Path, adapter: LoraAdapter, *, force: bool = False, dtype: str = "float32") -> None:
-    """Write a plain PEFT adapter directory atomically."""
-    with atomic_dir(Path(path), force=force) as tmp:
-        _write_peft(tmp, adapter, dtype)
-
-
 def _write_peft(d: Path, adapter: LoraAdapter, dtype: str) -> None:
     write_json(d / CONFIG, adapter.config)
     tensors = {}
