@@ -55,9 +55,13 @@ def test_compile_verifies_a_format_variant(tmp_path: Path) -> None:
     assert result.manifest["verification"]["passed"]
 
 
-def test_minilm_variant_exports_and_reports_cosine(tmp_path: Path) -> None:
+def test_minilm_variant_exports_compiles_and_reports_cosine(tmp_path: Path) -> None:
     info = export("minilm", "lordba", "ternary", tmp_path / "m.onnx")
     assert set(info["hwsim_ops"]) == {"LoRDBA", "TernaryMatMul"}
+    shapes = {"input_ids": (1, 16), "attention_mask": (1, 16)}
+    result = compile_model(str(tmp_path / "m.onnx"), shapes=shapes, out=tmp_path / "out", runs=3)
+    assert result.manifest["verification"]["passed"]
+    assert set(result.manifest["memory"]["weight_bytes_by_format"]) >= {"LoRDBA", "TernaryMatMul"}
     rows = evaluate_variants("minilm", None, [("lora-fp16", "fp32"), ("lordba", "fp32")])
     assert rows[0]["cosine_similarity"] > 0.999  # fp16 LoRA: rounding only
     assert 0 < rows[1]["cosine_similarity"] <= 1
