@@ -71,8 +71,8 @@ def _matmul(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
 
 def _accumulate(bits: int) -> Lowering:
     """Reference lowering: unpack the packed weights with Relax bit ops and multiply densely. TVM folds
-    the unpacking of constant weights at build time, so this runs as a dense fp32 matmul; it is the
-    correctness baseline that the packed TIR kernels (issue 4) replace."""
+    the unpacking of constant weights at build time, so this runs as a dense fp32 matmul; used where the
+    packed TIR kernels do not apply (K not filling whole bytes, non-fp32 activations)."""
     def lower(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
         xv, packed, *scales = x
         rows, cols = n.inputs[1].type.shape
@@ -98,7 +98,8 @@ def _packed_kernel_fits(n: Node) -> bool:
     return n.attrs["k"] % (8 // _bits(n)) == 0 and n.inputs[0].type.dtype.value == "float32"
 
 
-def _accumulate_kernel(bb: relax.BlockBuilder, x: list[relax.Expr], n: Node) -> relax.Expr:
+def _accumulate_kernel(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x: list[relax.Expr],
+                       n: Node) -> relax.Expr:
     """SIGN/TERNARY_ACCUMULATE through the packed TIR kernel; scales stay Relax elementwise ops around it."""
     from codegen.kernels.accumulate import accumulate_kernel
 
@@ -108,9 +109,9 @@ def _accumulate_kernel(bb: relax.BlockBuilder, x: list[relax.Expr], n: Node) -> 
     h = R.multiply(xv, R.astype(scales[0], "float32")) if a["pre"] else xv
     h = bb.normalize(R.reshape(h, [rows, k]))
     name = f"{'sign' if _bits(n) == 1 else 'ternary'}_accumulate_{rows}x{outs}x{k}"
-    gv = next((g for g in bb.get().functions if g.name_hint == name), None)
-    if gv is None:
-        gv = bb.add_func(accumulate_kernel(rows, outs, k, name, _bits(n)), name)
+    if name not in kernels:  # one kernel per shape, shared by every layer of that shape
+        kernels[name] = bb.add_func(accumulate_kernel(rows, outs, k, name, _bits(n)), name)
+    gv = kernels[name]
     y = relax.call_tir(gv, [h, packed], relax.TensorType((rows, outs), "float32"))
     y = R.multiply(y, R.astype(scales[-1], "float32")) if a["post"] else y
     return R.reshape(y, list(n.outputs[0].type.shape))
@@ -188,6 +189,7 @@ def to_relax(graph: Graph) -> "relax.IRModule":
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, relax.TensorType(v.type.shape, v.type.dtype.value)) for v in graph.inputs]
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
+    kernels: dict[str, relax.GlobalVar] = {}
 
     def arg(v: Value) -> relax.Expr:
         if id(v) not in env:
@@ -199,7 +201,7 @@ def to_relax(graph: Graph) -> "relax.IRModule":
             for n in graph.nodes:
                 args = [arg(v) for v in n.inputs]
                 packed_kernel = n.op in OpGroup.ACCUMULATE and _packed_kernel_fits(n)
-                expr = _accumulate_kernel(bb, args, n) if packed_kernel else LOWERINGS[n.op](args, n.attrs, n)
+                expr = _accumulate_kernel(bb, kernels, args, n) if packed_kernel else LOWERINGS[n.op](args, n.attrs, n)
                 if len(n.outputs) == 1:
                     env[id(n.outputs[0])] = bb.emit(expr, name_hint=n.outputs[0].name)
                 else:
