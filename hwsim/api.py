@@ -5,6 +5,7 @@ build -> verification against onnxruntime -> measurement, and writes an output d
 """
 
 import json
+import os
 import platform
 import time
 from collections import Counter
@@ -16,6 +17,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from codegen import cross, toolchain
+from codegen.rpc import check_reachable
 from hwsim import interp
 from hwsim.artifacts import (
     atomic_dir,
@@ -105,23 +108,28 @@ def default_out_dir(src: ModelSource, target: Target) -> Path:
 def compile_model(model: str | None = None, *, target: str = "host",
                   shapes: dict[str, tuple[int, ...]] | None = None, out: Path | None = None,
                   force: bool = False, seed: int = 0, rtol: float = 1e-3, runs: int = 20,
+                  rpc: str | None = None, rpc_key: str | None = None,
                   progress: Progress | None = None) -> CompileResult:
     """Compile, verify and measure; returns the output directory and its manifest.
 
     An output directory that already holds a build with the same cache key is reused (a warm
-    rebuild is a cache hit); any other existing directory needs `force`.
+    rebuild is a cache hit); any other existing directory needs `force`. With `rpc` (HOST:PORT of a
+    TVM RPC server, or of a tracker with `rpc_key`) the artifact is also verified and timed there.
     """
     step = progress or (lambda _msg: None)
     step("resolving model")
     spec = load_target(target)
     if spec.tvm.mtriple:
-        raise HwsimError(f"target '{spec.name}' ({spec.tvm.mtriple}) needs cross-compilation and a qemu/RPC "
-                         "runner, which hwsim does not have yet; the target that builds today is 'host'")
+        toolchain.require_tools()
+    if rpc:
+        check_reachable(rpc)
+    if rpc_key and not rpc:
+        raise HwsimError("--rpc-key needs --rpc HOST:PORT of the tracker")
     src = resolve_model(model, step)
     out_dir = Path(out) if out else default_out_dir(src, spec)
     hashes = {f: sha256_file(f) for f in _model_files(src.path) if f.is_file()}
     options = {"shapes": {k: list(v) for k, v in sorted((shapes or {}).items())}, "seed": seed, "rtol": rtol,
-               "runs": runs}
+               "runs": runs, "rpc": rpc, "rpc_key": rpc_key}
     key = sha256_json({"model": list(hashes.values()), "options": options,
                        "default_shapes": {k: list(v) for k, v in src.default_shapes.items()},
                        "target": spec.source.read_text(), "cpu": _cpu_name(), "tools": tool_versions(),
@@ -133,7 +141,8 @@ def compile_model(model: str | None = None, *, target: str = "host",
         raise HwsimError(f"{out_dir} already exists and holds a different build: pass --force to replace it, "
                          "or choose another --out")
     with atomic_dir(out_dir, force=force) as tmp:
-        manifest = _build(src, spec, shapes, tmp, seed=seed, rtol=rtol, runs=runs, step=step)
+        manifest = _build(src, spec, shapes, tmp, seed=seed, rtol=rtol, runs=runs, rpc=rpc, rpc_key=rpc_key,
+                          step=step)
         manifest.update(cache_key=key, options=options,
                         model={"name": src.name, "path": str(src.path), "builtin": src.builtin,
                                "files": {f.name: h for f, h in hashes.items()}})
@@ -151,8 +160,9 @@ def _cached_manifest(out_dir: Path, key: str) -> dict[str, Any] | None:
 
 
 def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | None, tmp: Path, *,
-           seed: int, rtol: float, runs: int, step: Progress) -> dict[str, Any]:
-    from codegen import host
+           seed: int, rtol: float, runs: int, rpc: str | None, rpc_key: str | None,
+           step: Progress) -> dict[str, Any]:
+    from codegen import host, mca
     from codegen.relax_lower import to_relax
 
     timings: dict[str, float] = {}
@@ -170,17 +180,32 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     tvm_target = host.tvm_target(spec)
     mod = timed("lowering to Relax", lambda: to_relax(graph))
     lib = tmp / "model.so"
-    timed("building with TVM", lambda: host.export(host.build(mod, tvm_target), lib))
-
     threads = int(tvm_target.attrs["num-cores"])
     inputs = random_inputs(graph, seed)
     names = [v.name for v in graph.inputs]
-    session = onnxruntime_session(src.path, threads)
-    vm = host.load(lib)
+    session = onnxruntime_session(src.path, min(threads, os.cpu_count() or 1))
+    if spec.tvm.mtriple:
+        executable = timed("building with TVM", lambda: host.build(mod, tvm_target))
+        timed("linking for aarch64", lambda: cross.export(executable, lib))
+        bundled = timed("bundling the runner", lambda: cross.bundle(tmp, step))
+        emulated: list[cross.QemuRun] = []
+
+        def execute(xs: list[np.ndarray]) -> list[np.ndarray]:
+            emulated.append(cross.run_qemu(tmp, xs, threads=threads))
+            return emulated[-1].outputs
+    else:
+        timed("building with TVM", lambda: host.export(host.build(mod, tvm_target), lib))
+        vm = host.load(lib)
+
+        def execute(xs: list[np.ndarray]) -> list[np.ndarray]:
+            return host.run(vm, xs)
+
+    def ref_outputs() -> list[np.ndarray]:
+        return run_onnxruntime(session, names, inputs)
 
     def verify() -> list[dict[str, Any]]:
-        ref = run_onnxruntime(session, names, inputs)
-        got = host.run(vm, inputs)
+        ref = ref_outputs()
+        got = execute(inputs)
         oracle = interp.run(graph, dict(zip(names, inputs, strict=True)))
         out_names = [o.name for o in session.get_outputs()]
         rows = []
@@ -192,20 +217,18 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
                          "_describe": tvm_cmp.describe()})
         return rows
 
-    rows = timed("verifying against onnxruntime", verify)
+    where = f"qemu-aarch64, {spec.name} build" if spec.tvm.mtriple else "host"
+    rows = timed(f"verifying against onnxruntime ({where})", verify)
     bad = [r for r in rows if not r["ok"]]
     if bad:
         raise VerificationError("; ".join(f"{r['_describe']} exceeds rtol {rtol:g}" for r in bad)
-                                + " (TVM build vs onnxruntime)")
+                                + f" (TVM build on {where} vs onnxruntime)")
     for r in rows:
         del r["_describe"]
 
-    tvm_ms = timed("measuring latency", lambda: host.time_ms(vm, inputs, repeat=runs))
-    ort_ms = time_onnxruntime(session, names, inputs, len(tvm_ms))
-    device = f"{spec.name}: {_cpu_name()} ({tvm_target.attrs['mcpu']}), {threads} threads"
-    return {
+    manifest: dict[str, Any] = {
         "schema": MANIFEST_SCHEMA,
-        "target": {"name": spec.name, "kind": spec.kind, "tvm": str(tvm_target), "device": device},
+        "target": {"name": spec.name, "kind": spec.kind, "tvm": str(tvm_target)},
         "tools": tool_versions(),
         "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype.value}
                    for v in graph.inputs],
@@ -215,15 +238,55 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
                "param_bytes": graph.param_bytes()},
         "artifacts": {"library": {"file": lib.name, "sha256": sha256_file(lib)},
                       "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text)}},
-        "verification": {"reference": "onnxruntime", "seed": seed, "rtol": rtol,
+        "verification": {"reference": "onnxruntime", "executed_on": where, "seed": seed, "rtol": rtol,
                          "passed": True, "outputs": rows},
-        "latency": {
-            "tvm": _latency(tvm_ms, device),
-            "onnxruntime": _latency(ort_ms, device),
-            "tvm_over_onnxruntime": round(float(np.median(tvm_ms) / np.median(ort_ms)), 3),
-        },
         "compile_seconds": timings,
     }
+    if spec.tvm.mtriple:
+        manifest["artifacts"]["runner"] = {f.name: sha256_file(f) for f in bundled}
+        manifest["target"]["device"] = f"{spec.name} ({spec.description}); not measured here"
+        manifest["emulation"] = {
+            "command": emulated[-1].command,
+            "note": "qemu-aarch64 user-mode emulation on the build machine: a functional check, not a latency"}
+        manifest["latency"] = {}
+        asm = executable.mod.imports[0].inspect_source("asm")
+        manifest["estimates"] = {"loops": timed("estimating loop cycles with llvm-mca", lambda: mca.estimate_loops(
+            asm, triple=spec.tvm.mtriple, mcpu=spec.tvm.mca_cpu or spec.tvm.mcpu))}
+    if rpc:
+        manifest["latency"] = _measure_remote(lib, rpc, rpc_key, inputs, ref_outputs(), spec, runs, rtol, manifest,
+                                              timed)
+    if spec.tvm.mtriple or rpc:
+        return manifest
+
+    tvm_ms = timed("measuring latency", lambda: host.time_ms(vm, inputs, repeat=runs))
+    ort_ms = time_onnxruntime(session, names, inputs, len(tvm_ms))
+    device = f"{spec.name}: {_cpu_name()} ({tvm_target.attrs['mcpu']}), {threads} threads"
+    manifest["target"]["device"] = device
+    manifest["latency"] = {
+        "tvm": _latency(tvm_ms, device),
+        "onnxruntime": _latency(ort_ms, device),
+        "tvm_over_onnxruntime": round(float(np.median(tvm_ms) / np.median(ort_ms)), 3),
+    }
+    return manifest
+
+
+def _measure_remote(lib: Path, address: str, key: str | None, inputs: list[np.ndarray], ref: list[np.ndarray],
+                    spec: Target, runs: int, rtol: float, manifest: dict[str, Any],
+                    timed: Callable[[str, Callable[[], Any]], Any]) -> dict[str, Any]:
+    """Run the artifact on the RPC device: verify its outputs too, and time it there."""
+    from codegen import rpc
+
+    remote = timed("running over TVM RPC", lambda: rpc.run_remote(lib, address, inputs, key=key, repeat=runs))
+    checks = [compare(f"output {i}", g, r, rtol) for i, (g, r) in enumerate(zip(remote.outputs, ref, strict=True))]
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise VerificationError("; ".join(f"{c.describe()} exceeds rtol {rtol:g}" for c in bad)
+                                + f" (TVM build on {remote.device} vs onnxruntime)")
+    manifest["verification"]["remote"] = {"device": remote.device,
+                                          "max_rel_err": max(c.max_rel_err for c in checks), "passed": True}
+    device = f"{spec.name} via {remote.device}"
+    manifest["target"]["device"] = device
+    return {"tvm": {**_latency(remote.times_ms, device), "method": "TVM time_evaluator, mean of 5 runs per repeat"}}
 
 
 def _latency(times_ms: list[float], device: str) -> dict[str, Any]:

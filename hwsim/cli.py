@@ -66,20 +66,30 @@ _SHAPE_HELP = ("fix an input's shape, e.g. --shape input_ids=1x128 (repeatable);
 @click.option("--rtol", default=1e-3, show_default=True,
               help="max allowed |tvm - onnxruntime| / max|onnxruntime| per output")
 @click.option("--runs", default=20, show_default=True, help="minimum timed runs for the latency medians")
+@click.option("--rpc", metavar="HOST:PORT",
+              help="also verify and time the artifact on a device running `python -m tvm.exec.rpc_server` "
+                   "(or on a tracker's device, with --rpc-key)")
+@click.option("--rpc-key", metavar="KEY", help="device key to request from the RPC tracker at --rpc")
 @click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON instead of a summary")
 def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | None, force: bool, seed: int,
-            rtol: float, runs: int, as_json: bool) -> None:
+            rtol: float, runs: int, rpc: str | None, rpc_key: str | None, as_json: bool) -> None:
     """Compile MODEL (an .onnx file or a built-in model; default: tiny-llama) for TARGET.
 
     Imports the model into the IR, builds it with TVM, verifies the artifact against onnxruntime on
     seeded random inputs (exit 1 on a mismatch) and measures its latency beside onnxruntime's.
     Writes the library, the IR dump and manifest.json into the output directory.
+
+    ARM targets (cortex-a76, cortex-a72, cortex-a55) are cross-compiled: the output directory holds an
+    aarch64 model.so plus hwsim-runner and the TVM runtime it loads, verified here under qemu-aarch64
+    (`hwsim setup` installs the toolchain). Their latency is measured only on a real board (--rpc); the
+    manifest carries llvm-mca cycle estimates of the hot loops, marked `estimated`.
     """
     from hwsim.api import compile_model
 
     with err_console.status("starting", spinner="dots") as status:
         result = compile_model(model, target=target, shapes=_shapes(shape), out=out, force=force, seed=seed,
-                               rtol=rtol, runs=runs, progress=lambda msg: status.update(msg + " ..."))
+                               rtol=rtol, runs=runs, rpc=rpc, rpc_key=rpc_key,
+                               progress=lambda msg: status.update(msg + " ..."))
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2, sort_keys=True))
         return
@@ -93,9 +103,40 @@ def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | 
     console = _console()
     console.print(table)
     lat = m["latency"]
-    console.print(f"latency (measured, {lat['tvm']['device']}): TVM {lat['tvm']['median_ms']:.3f} ms, "
-                  f"onnxruntime {lat['onnxruntime']['median_ms']:.3f} ms (median)", highlight=False)
+    if "emulation" in m:
+        console.print(f"verified under qemu-aarch64 ({m['emulation']['note'].split(': ', 1)[1]})", highlight=False)
+    if "tvm" in lat:
+        line = f"latency (measured, {lat['tvm']['device']}): TVM {lat['tvm']['median_ms']:.3f} ms"
+        if "onnxruntime" in lat:
+            line += f", onnxruntime {lat['onnxruntime']['median_ms']:.3f} ms"
+        console.print(line + " (median)", highlight=False)
+    else:
+        console.print("latency: not measured (no device for this target here; pass --rpc HOST:PORT of a board)",
+                      highlight=False)
+    if "estimates" in m:
+        est = m["estimates"]["loops"]
+        worst = max(est["loops"], key=lambda r: r["cycles_per_iteration"], default=None)
+        if worst:
+            console.print(f"estimated ({est['model']}): {len(est['loops'])} kernels' inner loops, heaviest "
+                          f"{worst['cycles_per_iteration']} cycles/iteration in {worst['function']}", highlight=False)
     console.print(f"verified artifact: {result.out_dir / m['artifacts']['library']['file']}", highlight=False)
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="only report what is missing; install nothing")
+def setup(check: bool) -> None:
+    """Install the cross toolchain ARM targets need: aarch64 g++, qemu-aarch64, llvm-mca-19.
+
+    Missing Debian packages are installed with apt-get (as root, or with passwordless sudo); then the
+    aarch64 TVM runtime matching the installed TVM is fetched from PyPI and hwsim-runner is built, both
+    cached under ~/.cache/hwsim/toolchains (or $HWSIM_TOOLCHAIN_DIR). Safe to rerun.
+    """
+    from codegen.toolchain import setup as run_setup
+
+    with err_console.status("checking the toolchain", spinner="dots") as status:
+        done = run_setup(install=not check, progress=lambda msg: status.update(msg + " ..."))
+    for line in done:
+        click.echo(line)
 
 
 @main.command()

@@ -25,6 +25,9 @@ class TvmTarget:
     num_cores: int
     mtriple: str = ""
     mattr: tuple[str, ...] = ()
+    mca_cpu: str = ""  # llvm-mca's -mcpu for this core, where its model differs from mcpu
+
+
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ _SECTIONS: dict[str, dict[str, tuple[type, bool]]] = {
     "": {"name": (str, True), "kind": (str, True), "description": (str, True), "tvm": (dict, True),
          "cpu": (dict, True), "energy": (dict, True)},
     "tvm": {"kind": (str, True), "mcpu": (str, True), "num_cores": (int, True), "mtriple": (str, False),
-            "mattr": (list, False)},
+            "mattr": (list, False), "mca_cpu": (str, False)},
     "cpu": {f.name: (float if f.type in (float, "float") else int, True) for f in fields(CpuSpec)},
     "energy": {f.name: (float if f.type in (float, "float") else int, True) for f in fields(EnergySpec)},
 }
@@ -105,7 +108,7 @@ def load_target_file(path: Path) -> Target:
         raise HwsimError(f"{path}: key 'kind' must be one of {', '.join(KINDS)}, got {data['kind']!r}")
     t = data["tvm"]
     tvm = TvmTarget(kind=t["kind"], mcpu=t["mcpu"], num_cores=t["num_cores"], mtriple=t.get("mtriple", ""),
-                    mattr=tuple(t.get("mattr", ())))
+                    mattr=tuple(t.get("mattr", ())), mca_cpu=t.get("mca_cpu", ""))
     return Target(name=data["name"], kind=data["kind"], description=data["description"], tvm=tvm,
                   cpu=CpuSpec(**data["cpu"]), energy=EnergySpec(**data["energy"]), source=path)
 
