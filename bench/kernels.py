@@ -10,7 +10,6 @@ not the absolute times (the machines are shared and noisy).
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -28,20 +27,34 @@ def median_ms(fn, runs: int = 20, warmup: int = 3) -> float:
     return float(np.median(times))
 
 
-def tvm_kernel_ms(m: int, n: int, k: int, bits: int, threads: int) -> float:
+def tvm_kernel_ms(m: int, n: int, k: int, bits: int, threads: int, algorithm: str) -> float:
+    """One accumulate kernel as hwsim builds it for this CPU: `lut` (what dispatch picks here) or `select`."""
     import tvm
 
+    from codegen.kernels import choose_accumulate
     from codegen.kernels.accumulate import accumulate_kernel
     from models.formats.packing import pack_i2, pack_signs
 
     rng = np.random.default_rng(0)
     cpu = tvm.target.codegen.llvm_get_system_cpu()
     target = tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": threads})
-    lib = tvm.tirx.build(tvm.IRModule({"k": accumulate_kernel(m, n, k, "k", bits)}), target=target)
     w = rng.choice([-1, 1], (n, k)) if bits == 1 else rng.integers(-1, 2, (n, k))
     packed = pack_signs(w) if bits == 1 else pack_i2(w)
-    args = [tvm.runtime.tensor(a) for a in (rng.standard_normal((m, k)).astype(np.float32), packed,
-                                            np.zeros((m, n), np.float32))]
+    kernel = choose_accumulate(bits, m, n, k, target, packed)
+    if algorithm == "select":
+        func, weights = accumulate_kernel(m, n, k, "k", bits), packed
+    elif kernel.algorithm == "lut":
+        func, weights = kernel.func, kernel.relayout(packed)
+    else:
+        raise SystemExit(f"this CPU has no byte shuffle for the LUT kernel at {m}x{n}x{k}")
+    lib = tvm.tirx.build(tvm.IRModule({"k": func.with_attr("global_symbol", "k")}), target=target)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    args = [tvm.runtime.tensor(a) for a in (x, weights, np.zeros((m, n), np.float32))]
+    lib["k"](*args)
+    ref = x @ w.T.astype(np.float32)
+    err = np.abs(args[2].numpy() - ref).max() / np.abs(ref).max()
+    if err > 1e-3:
+        raise SystemExit(f"{algorithm} kernel {m}x{n}x{k} is wrong: rel. error {err:.2e}")
     ev = lib.time_evaluator("k", tvm.cpu(), number=10, repeat=5)(*args)
     return float(np.median(ev.results) * 1e3)
 
@@ -149,7 +162,7 @@ def prefill_overheads(tokens: int, d: int, r: int, threads: int) -> dict[str, fl
     xs = rng.standard_normal((tokens, d)).astype(np.float32)
     out = {}
     for branch in ("none", "lordba", "lora-fp16"):
-        vm = relax.VirtualMachine(host.build(to_relax(graph(branch)), target), tvm.cpu())
+        vm = relax.VirtualMachine(host.build(to_relax(graph(branch), target), target), tvm.cpu())
         out[branch] = float(np.median(host.time_ms(vm, [xs], repeat=30)))
     return out
 
@@ -163,8 +176,10 @@ def main() -> None:
     os.environ["TVM_NUM_THREADS"] = str(t)
     rows = []
     for n, k in ((4096, 4096), (11008, 4096)):
-        r = {"shape": f"{n}x{k}", "sign_gemv_tvm_ms": tvm_kernel_ms(1, n, k, 1, t),
-             "ternary_gemv_tvm_ms": tvm_kernel_ms(1, n, k, 2, t), "torch_fp32_gemv_ms": torch_gemv_ms(n, k, t),
+        r = {"shape": f"{n}x{k}", "sign_gemv_tvm_ms": tvm_kernel_ms(1, n, k, 1, t, "lut"),
+             "sign_select_ms": tvm_kernel_ms(1, n, k, 1, t, "select"),
+             "ternary_gemv_tvm_ms": tvm_kernel_ms(1, n, k, 2, t, "lut"),
+             "ternary_select_ms": tvm_kernel_ms(1, n, k, 2, t, "select"), "torch_fp32_gemv_ms": torch_gemv_ms(n, k, t),
              "ort_fp32_matmul_ms": ort_matmul_ms(1, n, k, t),
              "ort_matmulnbits4_ms": ort_matmul_nbits_ms(1, n, k, 4, t),
              "ort_matmulnbits2_ms": ort_matmul_nbits_ms(1, n, k, 2, t)}
@@ -180,7 +195,10 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"GEMV, measured on {platform.processor() or platform.machine()}, {t} threads (median ms)")
+    from hwsim.api import cpu_name
+
+    cpu = cpu_name()
+    table = Table(title=f"GEMV, measured on {cpu}, {t} threads (median ms; sign/ternary gemv = LUT kernel)")
     for col in rows[0]:
         table.add_column(col.replace("_", " "), justify="right")
     for r in rows:
@@ -190,7 +208,7 @@ def main() -> None:
           f"LoRDBA branch overhead {100 * prefill['lordba_overhead']:.1f}%, "
           f"fp16 LoRA branch overhead {100 * prefill['lora_fp16_overhead']:.1f}%")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"provenance": "measured", "device": f"host ({platform.machine()}), {t} threads", "gemv": rows,
+    result = {"provenance": "measured", "device": f"host: {cpu}, {t} threads", "gemv": rows,
               "prefill": prefill}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -4,6 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.relax import op as R
 
@@ -72,7 +73,7 @@ def _matmul(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
 def _accumulate(bits: int) -> Lowering:
     """Reference lowering: unpack the packed weights with Relax bit ops and multiply densely. TVM folds
     the unpacking of constant weights at build time, so this runs as a dense fp32 matmul; used where the
-    packed TIR kernels do not apply (K not filling whole bytes, non-fp32 activations)."""
+    packed TIR kernels do not apply (K not filling whole bytes)."""
     def lower(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
         xv, packed, *scales = x
         rows, cols = n.inputs[1].type.shape
@@ -95,26 +96,29 @@ def _bits(n: Node) -> int:
 
 
 def _packed_kernel_fits(n: Node) -> bool:
-    return n.attrs["k"] % (8 // _bits(n)) == 0 and n.inputs[0].type.dtype.value == "float32"
+    return n.attrs["k"] % (8 // _bits(n)) == 0 and n.inputs[0].type.dtype.value in ("float32", "float16")
 
 
 def _accumulate_kernel(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x: list[relax.Expr],
-                       n: Node) -> relax.Expr:
-    """SIGN/TERNARY_ACCUMULATE through the packed TIR kernel; scales stay Relax elementwise ops around it."""
-    from codegen.kernels.accumulate import accumulate_kernel
+                       n: Node, target: tvm.target.Target | None) -> relax.Expr:
+    """SIGN/TERNARY_ACCUMULATE through a packed TIR kernel chosen by shape and target (codegen.kernels);
+    scales stay Relax elementwise ops around it, fp16 activations are widened to fp32 for the kernel."""
+    from codegen.kernels import choose_accumulate
 
     xv, packed, *scales = x
-    a, shape = n.attrs, n.inputs[0].type.shape
+    a, shape, dtype = n.attrs, n.inputs[0].type.shape, n.inputs[0].type.dtype.value
     rows, k, outs = int(np.prod(shape[:-1])), a["k"], n.outputs[0].type.shape[-1]
-    h = R.multiply(xv, R.astype(scales[0], "float32")) if a["pre"] else xv
-    h = bb.normalize(R.reshape(h, [rows, k]))
-    name = f"{'sign' if _bits(n) == 1 else 'ternary'}_accumulate_{rows}x{outs}x{k}"
-    if name not in kernels:  # one kernel per shape, shared by every layer of that shape
-        kernels[name] = bb.add_func(accumulate_kernel(rows, outs, k, name, _bits(n)), name)
-    gv = kernels[name]
-    y = relax.call_tir(gv, [h, packed], relax.TensorType((rows, outs), "float32"))
+    h = R.multiply(xv, R.astype(scales[0], dtype)) if a["pre"] else xv
+    h = bb.normalize(R.reshape(R.astype(h, "float32") if dtype != "float32" else h, [rows, k]))
+    weights = n.inputs[1].data if n.inputs[1].is_const else None
+    kernel = choose_accumulate(_bits(n), rows, outs, k, target, weights)
+    if kernel.name not in kernels:  # one kernel per algorithm and shape, shared by every layer of that shape
+        kernels[kernel.name] = bb.add_func(kernel.func, kernel.name)
+    w = relax.const(kernel.relayout(weights), "uint8") if kernel.relayout else packed
+    y = relax.call_tir(kernels[kernel.name], [h, w], relax.TensorType((rows, outs), "float32"))
     y = R.multiply(y, R.astype(scales[-1], "float32")) if a["post"] else y
-    return R.reshape(y, list(n.outputs[0].type.shape))
+    y = R.reshape(y, list(n.outputs[0].type.shape))
+    return R.astype(y, dtype) if dtype != "float32" else y
 
 
 def _gelu(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
@@ -184,8 +188,9 @@ assert set(LOWERINGS) == set(Op), f"ops without a Relax lowering: {set(Op) - set
 assert set(LOWERINGS) >= OpGroup.UNARY
 
 
-def to_relax(graph: Graph) -> "relax.IRModule":
-    """Build a Relax module whose `main` takes the graph inputs (in order) and returns its outputs."""
+def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IRModule":
+    """Build a Relax module whose `main` takes the graph inputs (in order) and returns its outputs.
+    `target` picks the accumulate kernels' algorithm (lookup tables need AVX2 or NEON shuffles)."""
     bb = relax.BlockBuilder()
     params = [relax.Var(v.name, relax.TensorType(v.type.shape, v.type.dtype.value)) for v in graph.inputs]
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
@@ -201,7 +206,8 @@ def to_relax(graph: Graph) -> "relax.IRModule":
             for n in graph.nodes:
                 args = [arg(v) for v in n.inputs]
                 packed_kernel = n.op in OpGroup.ACCUMULATE and _packed_kernel_fits(n)
-                expr = _accumulate_kernel(bb, kernels, args, n) if packed_kernel else LOWERINGS[n.op](args, n.attrs, n)
+                expr = _accumulate_kernel(bb, kernels, args, n, target) if packed_kernel \
+                    else LOWERINGS[n.op](args, n.attrs, n)
                 if len(n.outputs) == 1:
                     env[id(n.outputs[0])] = bb.emit(expr, name_hint=n.outputs[0].name)
                 else:

@@ -84,7 +84,7 @@ def _model_files(path: Path) -> list[Path]:
     return sorted(files)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -132,7 +132,7 @@ def compile_model(model: str | None = None, *, target: str = "host",
                "runs": runs, "rpc": rpc, "rpc_key": rpc_key}
     key = sha256_json({"model": list(hashes.values()), "options": options,
                        "default_shapes": {k: list(v) for k, v in src.default_shapes.items()},
-                       "target": spec.source.read_text(), "cpu": _cpu_name(), "tools": tool_versions(),
+                       "target": spec.source.read_text(), "cpu": cpu_name(), "tools": tool_versions(),
                        "source": source_hash()})
     cached = _cached_manifest(out_dir, key)
     if cached is not None:
@@ -178,7 +178,7 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     ir_text = print_graph(graph)
     (tmp / "ir.txt").write_text(ir_text)
     tvm_target = host.tvm_target(spec)
-    mod = timed("lowering to Relax", lambda: to_relax(graph))
+    mod = timed("lowering to Relax", lambda: to_relax(graph, tvm_target))
     lib = tmp / "model.so"
     threads = int(tvm_target.attrs["num-cores"])
     inputs = random_inputs(graph, seed)
@@ -233,6 +233,7 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
         "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype.value}
                    for v in graph.inputs],
         "memory": asdict(memory_report(graph)),
+        "kernels": sorted(gv.name_hint for gv in mod.functions if "_accumulate_" in gv.name_hint),
         "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text), "nodes": len(graph.nodes),
                "ops": dict(sorted(Counter(n.op.name for n in graph.nodes).items())),
                "param_bytes": graph.param_bytes()},
@@ -260,7 +261,7 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
 
     tvm_ms = timed("measuring latency", lambda: host.time_ms(vm, inputs, repeat=runs))
     ort_ms = time_onnxruntime(session, names, inputs, len(tvm_ms))
-    device = f"{spec.name}: {_cpu_name()} ({tvm_target.attrs['mcpu']}), {threads} threads"
+    device = f"{spec.name}: {cpu_name()} ({tvm_target.attrs['mcpu']}), {threads} threads"
     manifest["target"]["device"] = device
     manifest["latency"] = {
         "tvm": _latency(tvm_ms, device),

@@ -108,7 +108,7 @@ def _cumsum(x: Arrays, a: dict) -> Arrays:
     return [np.flip(out, ax) if a["reverse"] else out]
 
 
-def _unpack(packed: np.ndarray, k: int, bits: int) -> np.ndarray:
+def unpack_weights(packed: np.ndarray, k: int, bits: int) -> np.ndarray:
     """uint8 rows -> int8 weights: signs (bit 1 = +1, LSB first) or trits (2-bit code t + 1)."""
     shifts = np.arange(0, 8, bits, dtype=np.uint8)
     fields = ((packed[..., None] >> shifts) & ((1 << bits) - 1)).reshape(packed.shape[0], -1)[:, :k]
@@ -121,7 +121,7 @@ def _accumulate(bits: int) -> Impl:
     def impl(x: Arrays, a: dict) -> Arrays:
         v, packed, *scales = x
         h = v * scales[0].astype(v.dtype) if a["pre"] else v
-        y = h.astype(np.float32) @ _unpack(packed, a["k"], bits).T.astype(np.float32)
+        y = h.astype(np.float32) @ unpack_weights(packed, a["k"], bits).T.astype(np.float32)
         return [y * scales[-1].astype(np.float32) if a["post"] else y]
     return impl
 

@@ -37,8 +37,20 @@ def pm1_float_matrices(path: Path) -> list[str]:
     return out
 
 
+def compiles_on_host_and_arm(path: Path, shapes: dict[str, tuple[int, ...]], out: Path) -> None:
+    """The exported variant compiles for the host and for cortex-a76 (run under qemu); both match onnxruntime
+    (compile_model raises on a mismatch), with every format layer lowered to accumulate ops."""
+    for target in ("host", "cortex-a76"):
+        m = compile_model(str(path), target=target, shapes=shapes, out=out / target, runs=3).manifest
+        assert m["verification"]["passed"]
+        lowered = [op for op in m["ir"]["ops"] if op.endswith("ACCUMULATE")]
+        formats = {f for f in m["memory"]["weight_bytes_by_format"] if not f.startswith("dense")}
+        assert bool(lowered) == bool(formats), (m["ir"]["ops"], formats)
+
+
 @pytest.mark.parametrize("adapter_format, base_format", ADAPTER_VARIANTS + BASE_VARIANTS)
-def test_tiny_llama_variant_exports_compact_and_runs(adapter_format: str, base_format: str, tmp_path: Path) -> None:
+def test_tiny_llama_variant_exports_compact_and_compiles(adapter_format: str, base_format: str,
+                                                        tmp_path: Path) -> None:
     info = export("tiny-llama", adapter_format, base_format, tmp_path / "m.onnx")
     assert info["onnxruntime_vs_torch_rel_err"] < 1e-3
     expected = EXPECTED_OPS.get(adapter_format, set()) | EXPECTED_OPS.get(base_format, set())
@@ -46,6 +58,7 @@ def test_tiny_llama_variant_exports_compact_and_runs(adapter_format: str, base_f
     assert pm1_float_matrices(tmp_path / "m.onnx") == []
     if base_format in EXPECTED_OPS:  # only embeddings and lm_head stay dense
         assert info["dense_fp32_matrices"] == 2
+    compiles_on_host_and_arm(tmp_path / "m.onnx", {"input_ids": (1, 16)}, tmp_path)
 
 
 def test_compile_verifies_a_format_variant(tmp_path: Path) -> None:
@@ -74,6 +87,7 @@ def test_minilm_every_variant(adapter_format: str, base_format: str, tmp_path: P
     info = export("minilm", adapter_format, base_format, tmp_path / "m.onnx")
     assert info["onnxruntime_vs_torch_rel_err"] < 1e-3
     assert pm1_float_matrices(tmp_path / "m.onnx") == []
+    compiles_on_host_and_arm(tmp_path / "m.onnx", {"input_ids": (1, 16), "attention_mask": (1, 16)}, tmp_path)
 
 
 def test_local_hugging_face_directory_with_adapter(tmp_path: Path) -> None:

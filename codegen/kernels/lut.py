@@ -1,0 +1,103 @@
+"""T-MAC-style lookup-table accumulation: y[m, n] = sum_k S[n, k] x[m, k] for sign weights S in {-1, +1}.
+
+For each group of 4 activations the 16 possible signed sums are precomputed once per activation row
+(a table); a weight row then contributes one lookup per group, indexed by its 4 sign bits. The lookups
+are byte shuffles over 16 (NEON `tbl`, SSSE3 `pshufb`) or 32 (AVX2 `vpshufb`) rows at once, so a
+128/256-bit register covers 64/128 weights per instruction and no multiply or per-weight select is left.
+
+Precision: T-MAC's int8 tables lose ~1% (shared/notes/tvm-0.27.md 3b), more than the verifier allows.
+Here each table entry is an int16 (scale 32767 / max |entry| per row) split into a low and a high byte,
+looked up separately and recombined after accumulation: two shuffles per group pair and row vector,
+and a relative error near 1e-5.
+
+Weights are re-laid out at build time (they are constants): W[ob, gp, r] holds, for row 16/32*ob + r,
+the sign nibbles of groups 2gp (low nibble) and 2gp+1 (high nibble); bit j of a nibble = weight 4g+j.
+Ternary weights t are two sign planes a, b with t = (a + b) / 2 (t=1: +,+; t=0: +,-; t=-1: -,-), stacked
+along gp and looked up in the same tables: twice the sign work, no extra table.
+"""
+
+import numpy as np
+from tvm import tirx
+from tvm.script import tirx as T
+
+SHUFFLE = {"avx2": ("llvm.x86.avx2.pshuf.b", 32), "ssse3": ("llvm.x86.ssse3.pshuf.b.128", 16),
+           "neon": ("llvm.aarch64.neon.tbl1.v16i8", 16)}
+CHUNK = 64  # group pairs per int16 accumulation chunk: 128 lookups of |v| <= 128 stay inside int16
+
+
+def lut_fits(n: int, k: int, isa: str) -> bool:
+    return n % SHUFFLE[isa][1] == 0 and k % 8 == 0
+
+
+def lut_layout(weights: np.ndarray, isa: str, planes: int) -> np.ndarray:
+    """Signs (planes=1) or trits (planes=2) [n, k] -> the kernel's [n/L, planes * k/8, L] nibble layout."""
+    lanes = SHUFFLE[isa][1]
+    n, k = weights.shape
+    bit_planes = [weights > 0] if planes == 1 else [weights >= 0, weights > 0]
+    out = []
+    for plane in bit_planes:  # a byte = 8 consecutive weights = groups 2gp (low 4 bits) and 2gp+1 (high 4 bits)
+        packed = np.packbits(plane.reshape(n, k // 8, 8), axis=-1, bitorder="little")[..., 0]
+        out.append(packed.reshape(n // lanes, lanes, k // 8).transpose(0, 2, 1))
+    return np.ascontiguousarray(np.concatenate(out, axis=1))
+
+
+def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1) -> tirx.PrimFunc:
+    """PrimFunc(x [m, k] f32, w [n/L, planes * k/8, L] u8, y [m, n] f32), rows split across threads;
+    y is the mean over the planes (1: signs, 2: trits)."""
+    intrin, lanes = SHUFFLE[isa]
+    if not lut_fits(n, k, isa):
+        raise ValueError(f"LUT kernel needs N % {lanes} == 0 and K % 8 == 0, got N={n}, K={k}")
+    groups, pairs = k // 4, k // 8
+    chunk = next(c for c in range(min(CHUNK, pairs), 0, -1) if pairs % c == 0)
+    u8, i8, i16, i32, f32 = (f"{t}x{lanes}" for t in ("uint8", "int8", "int16", "int32", "float32"))
+
+    @T.prim_func
+    def kernel(x: T.Buffer((m, k), "float32"), w: T.Buffer((n // lanes, planes * pairs, lanes), "uint8"),
+               y: T.Buffer((m, n), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        lo = T.alloc_buffer((m, groups, lanes), "int8")  # low byte of each int16 entry, biased by -128
+        hi = T.alloc_buffer((m, groups, lanes), "int8")
+        scale = T.alloc_buffer((m,), "float32")
+        for i in range(m):
+            scale[i] = T.float32(0)
+            for g in range(groups):
+                scale[i] = T.max(scale[i], T.fabs(x[i, 4 * g]) + T.fabs(x[i, 4 * g + 1]) + T.fabs(x[i, 4 * g + 2])
+                                 + T.fabs(x[i, 4 * g + 3]))
+        for i, g in T.grid(m, groups):
+            for p in range(lanes):  # p & 15 selects the signs: the table repeats across 128-bit lanes
+                v = T.Cast("int32", T.round(
+                    (T.Select(p & 1 == 1, x[i, 4 * g], -x[i, 4 * g])
+                     + T.Select(p & 2 == 2, x[i, 4 * g + 1], -x[i, 4 * g + 1])
+                     + T.Select(p & 4 == 4, x[i, 4 * g + 2], -x[i, 4 * g + 2])
+                     + T.Select(p & 8 == 8, x[i, 4 * g + 3], -x[i, 4 * g + 3]))
+                    * T.float32(32767) / T.max(scale[i], T.float32(1e-30))))
+                lo[i, g, p] = T.Cast("int8", (v & 255) - 128)
+                hi[i, g, p] = T.Cast("int8", T.shift_right(v, 8))
+        for ob in T.parallel(n // lanes):
+            for i in range(m):
+                acc = T.alloc_buffer((lanes,), "int32")
+                lo16 = T.alloc_buffer((lanes,), "int16")
+                hi16 = T.alloc_buffer((lanes,), "int16")
+                acc[T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
+                for pl, c in T.grid(planes, pairs // chunk):
+                    lo16[T.ramp(0, 1, lanes)] = T.broadcast(T.int16(0), lanes)
+                    hi16[T.ramp(0, 1, lanes)] = T.broadcast(T.int16(0), lanes)
+                    for gi in range(chunk):
+                        gp = c * chunk + gi
+                        b = w.vload([ob, pl * pairs + gp, 0], u8)
+                        ia = b & T.broadcast(T.uint8(15), lanes)
+                        ib = b >> T.broadcast(T.uint8(4), lanes)
+                        la = T.call_llvm_pure_intrin(i8, intrin, lo.vload([i, 2 * gp, 0], i8), ia)
+                        lb = T.call_llvm_pure_intrin(i8, intrin, lo.vload([i, 2 * gp + 1, 0], i8), ib)
+                        ha = T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp, 0], i8), ia)
+                        hb = T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp + 1, 0], i8), ib)
+                        lo16[T.ramp(0, 1, lanes)] = lo16[T.ramp(0, 1, lanes)] + T.Cast(i16, la) + T.Cast(i16, lb)
+                        hi16[T.ramp(0, 1, lanes)] = hi16[T.ramp(0, 1, lanes)] + T.Cast(i16, ha) + T.Cast(i16, hb)
+                    acc[T.ramp(0, 1, lanes)] = (acc[T.ramp(0, 1, lanes)] + T.Cast(i32, lo16[T.ramp(0, 1, lanes)])
+                                                + T.Cast(i32, hi16[T.ramp(0, 1, lanes)]) * T.broadcast(256, lanes))
+                # undo the -128 bias of the low bytes: one per group
+                total = acc[T.ramp(0, 1, lanes)] + T.broadcast(T.int32(128 * groups * planes), lanes)
+                y[i, T.ramp(ob * lanes, 1, lanes)] = T.Cast(f32, total) * T.broadcast(
+                    scale[i] / T.float32(32767 * planes), lanes)
+
+    return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
