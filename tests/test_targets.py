@@ -74,10 +74,3 @@ def test_bad_files_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
 def test_unknown_target_lists_the_known_ones() -> None:
     with pytest.raises(HwsimError, match=r"unknown target 'nope' \(known: .*host"):
         load_target("nope")
-
-
-def test_compile_refuses_cross_targets_clearly() -> None:
-    from hwsim.api import compile_model
-
-    with pytest.raises(HwsimError, match=r"target 'cortex-a76' .* needs cross-compilation"):
-        compile_model("tiny-llama", target="cortex-a76")

@@ -46,6 +46,9 @@ def compiles_on_host_and_arm(path: Path, shapes: dict[str, tuple[int, ...]], out
         lowered = [op for op in m["ir"]["ops"] if op.endswith("ACCUMULATE")]
         formats = {f for f in m["memory"]["weight_bytes_by_format"] if not f.startswith("dense")}
         assert bool(lowered) == bool(formats), (m["ir"]["ops"], formats)
+        for name in m["kernels"]:  # every layer wide enough for the lookup-table kernel got it (NEON tbl on ARM)
+            _, n, k = map(int, name.rsplit("_", 1)[1].split("x"))
+            assert ("_lut_" in name) == (n >= 32 and n % 16 == 0 and k % 8 == 0), name
 
 
 @pytest.mark.parametrize("adapter_format, base_format", ADAPTER_VARIANTS + BASE_VARIANTS)

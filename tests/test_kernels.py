@@ -1,0 +1,98 @@
+"""The accumulate kernels against numpy, and the choice between them by shape and target.
+
+The NEON variant of the LUT kernel runs under qemu in the cortex-a76 builds of tests/test_variants.py.
+"""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from codegen import host
+from codegen.kernels import LUT_MIN_ROWS, choose_accumulate, shuffle_isas
+from codegen.kernels.accumulate import accumulate_kernel
+from codegen.kernels.lut import lut_kernel, lut_layout
+from codegen.relax_lower import to_relax
+from hwsim import interp
+from hwsim.ir import DType, Graph, Node, Op, TensorType, Value
+from models.formats.packing import pack_i2, pack_signs
+from targets import load_target
+
+HOST = host.tvm_target(load_target("host"))
+A76 = host.tvm_target(load_target("cortex-a76"))
+
+
+def weights(bits: int, n: int, k: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.choice([-1, 1], (n, k)) if bits == 1 else rng.integers(-1, 2, (n, k))
+
+
+def run_kernel(func, x: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
+    lib = tvm.tirx.build(tvm.IRModule({"k": func.with_attr("global_symbol", "k")}), target=HOST)
+    args = [tvm.runtime.tensor(a) for a in (x, w, np.zeros((x.shape[0], n), np.float32))]
+    lib["k"](*args)
+    return args[2].numpy()
+
+
+@pytest.mark.parametrize("isa", ["avx2", "ssse3"])
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("m, n, k", [(1, 64, 256), (3, 32, 520), (2, 96, 8)])
+def test_lut_kernel_matches_numpy(isa: str, bits: int, m: int, n: int, k: int) -> None:
+    if isa not in shuffle_isas(HOST):
+        pytest.fail(f"this CPU lacks {isa}; the LUT kernel's x86 paths cannot be checked here")
+    w = weights(bits, n, k)
+    x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    got = run_kernel(lut_kernel(m, n, k, "k", isa, planes=bits), x, lut_layout(w, isa, bits), n)
+    ref = x @ w.T.astype(np.float32)
+    # int16 tables: error ~1e-5 of the largest output, far inside the 1e-3 the verifier allows
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_lut_kernel_is_exact_on_zero_input() -> None:
+    w = weights(1, 32, 64)
+    got = run_kernel(lut_kernel(1, 32, 64, "k", "avx2"), np.zeros((1, 64), np.float32), lut_layout(w, "avx2", 1), 32)
+    assert not got.any()
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+def test_select_kernel_matches_numpy(bits: int) -> None:
+    w = weights(bits, 12, 64)
+    x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+    packed = pack_signs(w) if bits == 1 else pack_i2(w)
+    got = run_kernel(accumulate_kernel(2, 12, 64, "k", bits), x, packed, 12)
+    np.testing.assert_allclose(got, x @ w.T.astype(np.float32), rtol=1e-5, atol=1e-5)
+
+
+def test_dispatch_by_shape_and_target() -> None:
+    packed = pack_signs(weights(1, 64, 64))
+    assert choose_accumulate(1, 1, 64, 64, HOST, packed).algorithm == "lut"
+    assert "_lut_neon_" in choose_accumulate(1, 1, 64, 64, A76, packed).name
+    assert choose_accumulate(1, 1, 64, 64, HOST, None).algorithm == "select"  # weights not constant
+    small = pack_signs(weights(1, LUT_MIN_ROWS // 2, 64))
+    assert choose_accumulate(1, 1, LUT_MIN_ROWS // 2, 64, HOST, small).algorithm == "select"  # tables dominate
+    generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})  # SSE2 only: no byte shuffle
+    assert choose_accumulate(1, 1, 64, 64, generic, packed).algorithm == "select"
+    assert "_lut_ssse3_" in choose_accumulate(1, 1, 48, 64, HOST, pack_signs(weights(1, 48, 64))).name
+
+
+@pytest.mark.parametrize("dtype", [DType.FLOAT32, DType.FLOAT16])
+@pytest.mark.parametrize("op, bits", [(Op.SIGN_ACCUMULATE, 1), (Op.TERNARY_ACCUMULATE, 2)])
+def test_accumulate_op_in_a_graph_matches_the_interpreter(dtype: DType, op: Op, bits: int) -> None:
+    """fp16 and fp32 activations, fused scales, the LUT kernel chosen for the host: same as the IR's semantics."""
+    n, k, m = 64, 128, 4
+    rng = np.random.default_rng(2)
+    w = weights(bits, n, k)
+    packed = Value.const("w", pack_signs(w) if bits == 1 else pack_i2(w))
+    pre = Value.const("pre", rng.random(k).astype(np.float16))
+    post = Value.const("post", rng.random(n).astype(np.float16))
+    x, y = Value("x", TensorType((m, k), dtype)), Value("y", TensorType((m, n), dtype))
+    graph = Graph("g", [x], [y], [Node(op, [x, packed, pre, post], [y], {"k": k, "pre": 1, "post": 1})])
+    mod = to_relax(graph, HOST)
+    assert any("_lut_" in gv.name_hint for gv in mod.functions)
+    xs = rng.standard_normal((m, k)).astype(dtype.numpy)
+    got = host.run(relax.VirtualMachine(host.build(mod, HOST), tvm.cpu()), [xs])[0]
+    want = interp.run(graph, {"x": xs})[0]
+    assert got.dtype == want.dtype
+    tol = 2e-3 if dtype is DType.FLOAT16 else 1e-4  # fp16 output rounding
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=tol,
+                               atol=tol * np.abs(want.astype(np.float32)).max())
