@@ -20,10 +20,10 @@ _FUNC = re.compile(r"^\s*\.type\s+([\w.$]+),\s*[@%]function", re.M)
 _LABEL = re.compile(r"^([\w.$]+):")
 
 
-def innermost_loops(asm: str) -> list[tuple[str, str, list[str]]]:
-    """(function, label, instructions) of each innermost loop in LLVM's assembly output."""
+def innermost_loops(asm: str, comment: str) -> list[tuple[str, str, list[str]]]:
+    """(function, label, instructions) of each innermost loop in LLVM's assembly output; `comment` is the
+    target's assembly comment marker ('//' on aarch64, '#' on x86)."""
     functions = set(_FUNC.findall(asm))
-    comment = "//" if "//" in asm[:2000] or "\tldr" in asm else "#"
     lines = asm.splitlines()
     loops, func, owner = [], "", ""
     for i, line in enumerate(lines):
@@ -61,7 +61,7 @@ def estimate_loops(asm: str, *, triple: str, mcpu: str, max_loops: int = 400) ->
     if shutil.which(LLVM_MCA) is None:
         raise HwsimError(f"{LLVM_MCA} not found: run `hwsim setup`")
     arch = triple.split("-")[0]
-    loops = [lp for lp in innermost_loops(asm) if _is_kernel(lp[0])][:max_loops]
+    loops = [lp for lp in innermost_loops(asm, "//" if arch == "aarch64" else "#") if _is_kernel(lp[0])][:max_loops]
     if not loops:
         return {"provenance": "estimated", "model": f"{LLVM_MCA} -mcpu={mcpu}", "loops": []}
     regions = [f"# LLVM-MCA-BEGIN r{i}\n" + "\n".join(body) + "\n# LLVM-MCA-END\n"
