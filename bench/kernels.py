@@ -11,14 +11,14 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 
-def median_ms(fn, runs: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
+def median_ms(fn: Callable[[], object], runs: int = 10) -> float:
+    fn()  # warm-up
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -27,8 +27,26 @@ def median_ms(fn, runs: int = 20, warmup: int = 3) -> float:
     return float(np.median(times))
 
 
-def tvm_kernel_ms(m: int, n: int, k: int, bits: int, threads: int, algorithm: str) -> float:
-    """One accumulate kernel as hwsim builds it for this CPU: `lut` (what dispatch picks here) or `select`."""
+def interleaved(cases: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Median over `rounds` of each case's per-round median, the cases taking turns within a round, so a
+    burst of load from other jobs hits all of them rather than one. The pause before each case lets the
+    previous runtime's spinning worker threads (TVM, OpenMP, onnxruntime) go to sleep first."""
+    from rich.progress import Progress
+
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    with Progress(transient=True) as progress:
+        task = progress.add_task("measuring", total=rounds * len(cases))
+        for _ in range(rounds):
+            for name, measure in cases.items():
+                time.sleep(0.05)
+                samples[name].append(measure())
+                progress.advance(task)
+    return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+def tvm_kernel(m: int, n: int, k: int, bits: int, threads: int, algorithm: str) -> Callable[[], float]:
+    """One accumulate kernel as hwsim builds it for this CPU: `lut` (what dispatch picks here) or `select`.
+    Checked against numpy once; returns a measurement."""
     import tvm
 
     from codegen.kernels import choose_accumulate
@@ -55,8 +73,8 @@ def tvm_kernel_ms(m: int, n: int, k: int, bits: int, threads: int, algorithm: st
     err = np.abs(args[2].numpy() - ref).max() / np.abs(ref).max()
     if err > 1e-3:
         raise SystemExit(f"{algorithm} kernel {m}x{n}x{k} is wrong: rel. error {err:.2e}")
-    ev = lib.time_evaluator("k", tvm.cpu(), number=10, repeat=5)(*args)
-    return float(np.median(ev.results) * 1e3)
+    evaluator = lib.time_evaluator("k", tvm.cpu(), number=10, repeat=3)
+    return lambda: float(np.median(evaluator(*args).results) * 1e3)
 
 
 def ort_session(model, threads: int):
@@ -68,7 +86,7 @@ def ort_session(model, threads: int):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def ort_matmul_ms(m: int, n: int, k: int, threads: int) -> float:
+def ort_matmul(m: int, n: int, k: int, threads: int) -> Callable[[], float]:
     from onnx import TensorProto, helper, numpy_helper
 
     w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
@@ -78,10 +96,10 @@ def ort_matmul_ms(m: int, n: int, k: int, threads: int) -> float:
                           initializer=[numpy_helper.from_array(w, "w")])
     sess = ort_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), threads)
     x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
-    return median_ms(lambda: sess.run(None, {"x": x}))
+    return lambda: median_ms(lambda: sess.run(None, {"x": x}))
 
 
-def ort_matmul_nbits_ms(m: int, n: int, k: int, bits: int, threads: int) -> float:
+def ort_matmul_nbits(m: int, n: int, k: int, bits: int, threads: int) -> Callable[[], float]:
     """com.microsoft MatMulNBits, block 128, accuracy_level 4 (the fast CPU path, notes section 6)."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -102,20 +120,25 @@ def ort_matmul_nbits_ms(m: int, n: int, k: int, bits: int, threads: int) -> floa
                               ir_version=10)
     sess = ort_session(model, threads)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    return median_ms(lambda: sess.run(None, {"x": x}))
+    return lambda: median_ms(lambda: sess.run(None, {"x": x}))
 
 
-def torch_gemv_ms(n: int, k: int, threads: int) -> float:
+def torch_linear(m: int, n: int, k: int, threads: int) -> Callable[[], float]:
     import torch
 
     torch.set_num_threads(threads)
-    w, x = torch.randn(n, k), torch.randn(1, k)
-    with torch.no_grad():
-        return median_ms(lambda: torch.nn.functional.linear(x, w))
+    w, x = torch.randn(n, k), torch.randn(m, k)
+
+    def measure() -> float:
+        with torch.no_grad():
+            return median_ms(lambda: torch.nn.functional.linear(x, w))
+    return measure
 
 
-def prefill_overheads(tokens: int, d: int, r: int, threads: int) -> dict[str, float]:
-    """Base layer alone vs base + LoRDBA branch vs base + fp16 LoRA branch, all compiled by hwsim."""
+def prefill_cases(tokens: int, d: int, r: int, threads: int) -> dict[str, Callable[[], float]]:
+    """The base layer alone; each branch alone, added onto a given base output (its whole extra cost); and
+    base + branch in one graph, all compiled by hwsim. A branch costs a few % of a layer, less than the
+    run-to-run noise of the layer, so the branch-alone time is the figure and the difference a cross-check."""
     import tvm
     from tvm import relax
 
@@ -132,9 +155,9 @@ def prefill_overheads(tokens: int, d: int, r: int, threads: int) -> dict[str, fl
     a, b = rng.standard_normal((r, d)) * 0.02, rng.standard_normal((d, r)) * 0.02
     lordba = Lordba.fit(a, b, 2.0).pack()
 
-    def graph(branch: str) -> Graph:
+    def graph(branch: str, with_base: bool) -> Graph:
         base = Value("base", TensorType((tokens, d), f32))
-        nodes = [Node(Op.MATMUL, [x, w], [base])]
+        nodes = [Node(Op.MATMUL, [x, w], [base])] if with_base else []
         if branch == "none":
             return Graph(branch, [x], [base], nodes)
         y, out = Value("y", TensorType((tokens, d), f32)), Value("out", TensorType((tokens, d), f32))
@@ -154,44 +177,54 @@ def prefill_overheads(tokens: int, d: int, r: int, threads: int) -> dict[str, fl
                       Node(Op.CAST, [yh], [y32], {"to": f32}),
                       Node(Op.MUL, [y32, Value.const("s", np.array(2.0, np.float32))], [y])]
         nodes.append(Node(Op.ADD, [base, y], [out]))
-        return Graph(branch, [x], [out], nodes)
+        return Graph(branch, [x] if with_base else [x, base], [out], nodes)
 
     spec = load_target("host")
     target = host.tvm_target(spec)
     target = tvm.target.Target({**target.export(), "num-cores": threads})
     xs = rng.standard_normal((tokens, d)).astype(np.float32)
+    base_out = rng.standard_normal((tokens, d)).astype(np.float32)
     out = {}
-    for branch in ("none", "lordba", "lora-fp16"):
-        vm = relax.VirtualMachine(host.build(to_relax(graph(branch), target), target), tvm.cpu())
-        out[branch] = float(np.median(host.time_ms(vm, [xs], repeat=30)))
+    for name, branch, with_base in (("base", "none", True), ("lordba", "lordba", False),
+                                    ("lora-fp16", "lora-fp16", False), ("base+lordba", "lordba", True),
+                                    ("base+lora-fp16", "lora-fp16", True)):
+        vm = relax.VirtualMachine(host.build(to_relax(graph(branch, with_base), target), target), tvm.cpu())
+        inputs = [xs] if with_base else [xs, base_out]
+        out[name] = lambda vm=vm, inputs=inputs: float(np.median(host.time_ms(vm, inputs, repeat=5, min_total_s=0)))
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; each figure is their median")
     p.add_argument("--out", type=Path, default=Path("bench/results/kernels.json"))
     args = p.parse_args()
     t = args.threads
     os.environ["TVM_NUM_THREADS"] = str(t)
     rows = []
     for n, k in ((4096, 4096), (11008, 4096)):
-        r = {"shape": f"{n}x{k}", "sign_gemv_tvm_ms": tvm_kernel_ms(1, n, k, 1, t, "lut"),
-             "sign_select_ms": tvm_kernel_ms(1, n, k, 1, t, "select"),
-             "ternary_gemv_tvm_ms": tvm_kernel_ms(1, n, k, 2, t, "lut"),
-             "ternary_select_ms": tvm_kernel_ms(1, n, k, 2, t, "select"), "torch_fp32_gemv_ms": torch_gemv_ms(n, k, t),
-             "ort_fp32_matmul_ms": ort_matmul_ms(1, n, k, t),
-             "ort_matmulnbits4_ms": ort_matmul_nbits_ms(1, n, k, 4, t),
-             "ort_matmulnbits2_ms": ort_matmul_nbits_ms(1, n, k, 2, t)}
+        print(f"building and checking the {n}x{k} GEMV kernels")
+        ms = interleaved({
+            "sign_gemv_tvm_ms": tvm_kernel(1, n, k, 1, t, "lut"), "sign_select_ms": tvm_kernel(1, n, k, 1, t, "select"),
+            "ternary_gemv_tvm_ms": tvm_kernel(1, n, k, 2, t, "lut"),
+            "ternary_select_ms": tvm_kernel(1, n, k, 2, t, "select"), "torch_fp32_gemv_ms": torch_linear(1, n, k, t),
+            "ort_fp32_matmul_ms": ort_matmul(1, n, k, t), "ort_matmulnbits4_ms": ort_matmul_nbits(1, n, k, 4, t),
+            "ort_matmulnbits2_ms": ort_matmul_nbits(1, n, k, 2, t)}, args.rounds)
+        r = {"shape": f"{n}x{k}", **ms}
         r["sign_speedup_vs_torch_fp32"] = r["torch_fp32_gemv_ms"] / r["sign_gemv_tvm_ms"]
         r["sign_speedup_vs_ort_nbits4"] = r["ort_matmulnbits4_ms"] / r["sign_gemv_tvm_ms"]
         r["ternary_speedup_vs_torch_fp32"] = r["torch_fp32_gemv_ms"] / r["ternary_gemv_tvm_ms"]
         rows.append(r)
-    pre = prefill_overheads(128, 4096, 16, t)
-    prefill = {"tokens": 128, "d": 4096, "r": 16, "base_ms": pre["none"],
-               "lordba_overhead": pre["lordba"] / pre["none"] - 1,
-               "lora_fp16_overhead": pre["lora-fp16"] / pre["none"] - 1,
-               "base_plus_lordba_ms": pre["lordba"], "base_plus_lora_fp16_ms": pre["lora-fp16"]}
+    print("building the prefill layers")
+    tokens, d, rank = 128, 4096, 16
+    pre = interleaved({**prefill_cases(tokens, d, rank, t), "torch": torch_linear(tokens, d, d, t)}, args.rounds)
+    prefill = {"tokens": tokens, "d": d, "r": rank, "base_ms": pre["base"], "torch_fp32_base_ms": pre["torch"],
+               "lordba_branch_ms": pre["lordba"], "lora_fp16_branch_ms": pre["lora-fp16"],
+               "lordba_overhead": pre["lordba"] / pre["base"], "lora_fp16_overhead": pre["lora-fp16"] / pre["base"],
+               "base_plus_lordba_ms": pre["base+lordba"], "base_plus_lora_fp16_ms": pre["base+lora-fp16"],
+               "lordba_overhead_by_difference": pre["base+lordba"] / pre["base"] - 1,
+               "lora_fp16_overhead_by_difference": pre["base+lora-fp16"] / pre["base"] - 1}
     from rich.console import Console
     from rich.table import Table
 
@@ -204,11 +237,14 @@ def main() -> None:
     for r in rows:
         table.add_row(*(f"{v:.3f}" if isinstance(v, float) else v for v in r.values()))
     Console(width=240).print(table)
-    print(f"prefill {prefill['tokens']}x{prefill['d']}, r={prefill['r']}: base {prefill['base_ms']:.2f} ms; "
-          f"LoRDBA branch overhead {100 * prefill['lordba_overhead']:.1f}%, "
-          f"fp16 LoRA branch overhead {100 * prefill['lora_fp16_overhead']:.1f}%")
+    print(f"prefill {tokens}x{d}, r={rank}: base {prefill['base_ms']:.2f} ms (torch fp32: "
+          f"{prefill['torch_fp32_base_ms']:.2f} ms); "
+          f"LoRDBA branch {prefill['lordba_branch_ms']:.2f} ms = {100 * prefill['lordba_overhead']:.1f}% overhead, "
+          f"fp16 LoRA branch {prefill['lora_fp16_branch_ms']:.2f} ms = {100 * prefill['lora_fp16_overhead']:.1f}% "
+          f"(by difference of whole layers: {100 * prefill['lordba_overhead_by_difference']:.1f}% and "
+          f"{100 * prefill['lora_fp16_overhead_by_difference']:.1f}%)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"provenance": "measured", "device": f"host: {cpu}, {t} threads", "gemv": rows,
+    result = {"provenance": "measured", "device": f"host: {cpu}, {t} threads", "rounds": args.rounds, "gemv": rows,
               "prefill": prefill}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

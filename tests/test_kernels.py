@@ -1,6 +1,7 @@
-"""The accumulate kernels against numpy, and the choice between them by shape and target.
+"""The accumulate kernels and the dense GEMM / elementwise schedules against numpy, and the choice between
+the kernels by shape and target.
 
-The NEON variant of the LUT kernel runs under qemu in the cortex-a76 builds of tests/test_variants.py.
+The NEON variants run under qemu in the cortex-a76 builds of tests/test_variants.py.
 """
 
 import numpy as np
@@ -9,10 +10,12 @@ import tvm
 from tvm import relax
 
 from codegen import host
-from codegen.kernels import LUT_MIN_ROWS, choose_accumulate, shuffle_isas
+from codegen.kernels import LUT_MIN_DEPTH, LUT_MIN_ROWS, UNPACK_MIN_TOKENS, choose_accumulate, shuffle_isas
 from codegen.kernels.accumulate import accumulate_kernel
 from codegen.kernels.lut import lut_kernel, lut_layout
+from codegen.kernels.unpack import unpack_kernel
 from codegen.relax_lower import to_relax
+from codegen.schedules.cpu import Elementwise, Matmul
 from hwsim import interp
 from hwsim.ir import DType, Graph, Node, Op, TensorType, Value
 from models.formats.packing import pack_i2, pack_signs
@@ -73,6 +76,73 @@ def test_dispatch_by_shape_and_target() -> None:
     generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})  # SSE2 only: no byte shuffle
     assert choose_accumulate(1, 1, 64, 64, generic, packed).algorithm == "select"
     assert "_lut_ssse3_" in choose_accumulate(1, 1, 48, 64, HOST, pack_signs(weights(1, 48, 64))).name
+
+
+def test_dispatch_at_prefill() -> None:
+    """Many activation rows: the decode of unpack amortises; the LUT keeps deep sign layers."""
+    m, deep = 4 * UNPACK_MIN_TOKENS, LUT_MIN_DEPTH
+    lora_down = pack_signs(weights(1, 16, deep))
+    assert choose_accumulate(1, m, 16, deep, HOST, lora_down).algorithm == "unpack"
+    assert choose_accumulate(1, m, 64, 16, HOST, pack_signs(weights(1, 64, 16))).algorithm == "unpack"  # shallow
+    assert choose_accumulate(1, m, 64, deep, HOST, pack_signs(weights(1, 64, deep))).algorithm == "lut"
+    assert choose_accumulate(2, m, 64, deep, HOST, pack_i2(weights(2, 64, deep))).algorithm == "unpack"  # 2 planes
+    assert choose_accumulate(1, m, 16, deep, A76, lora_down).algorithm == "unpack"
+    assert choose_accumulate(1, UNPACK_MIN_TOKENS - 1, 16, deep, HOST, lora_down).algorithm == "select"
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("m, n, k", [(16, 16, 512), (9, 40, 24), (32, 64, 16)])
+def test_unpack_kernel_matches_numpy(bits: int, m: int, n: int, k: int) -> None:
+    """Row counts that leave a remainder tile, N below one vector panel, K below one K-panel."""
+    w = weights(bits, n, k, seed=m)
+    x = np.random.default_rng(m).standard_normal((m, k)).astype(np.float32)
+    packed = pack_signs(w) if bits == 1 else pack_i2(w)
+    got = run_kernel(unpack_kernel(m, n, k, "k", bits, HOST), x, packed, n)
+    np.testing.assert_allclose(got, x @ w.T.astype(np.float32), rtol=1e-4, atol=1e-4)
+
+
+def run_scheduled(func, rule, inputs: list[np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
+    sch = rule.apply(func, HOST, False)
+    assert sch is not None, "the rule declined a function it should schedule"
+    lib = tvm.tirx.build(sch.mod, target=HOST)
+    args = [tvm.runtime.tensor(a) for a in (*inputs, np.zeros(out_shape, np.float32))]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+@pytest.mark.parametrize("batch, m, n, k, transposed", [
+    ((), 128, 96, 512, False), ((), 3, 16, 40, False), ((), 64, 16, 256, False), ((2, 3), 10, 12, 64, True)])
+def test_matmul_schedule_matches_numpy(batch: tuple[int, ...], m: int, n: int, k: int, transposed: bool) -> None:
+    """Packed B panels, K panels, row chunks when there are few column panels, transposed B (attention)."""
+    from tvm import te
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((*batch, m, k)).astype(np.float32)
+    b = rng.standard_normal((*batch, n, k) if transposed else (*batch, k, n)).astype(np.float32)
+    x, w = te.placeholder(a.shape, "float32"), te.placeholder(b.shape, "float32")
+    r = te.reduce_axis((0, k))
+
+    def body(*idx):
+        *bi, i, j = idx
+        return te.sum(x[(*bi, i, r)] * (w[(*bi, j, r)] if transposed else w[(*bi, r, j)]), axis=r)
+
+    y = te.compute((*batch, m, n), body)
+    got = run_scheduled(te.create_prim_func([x, w, y]), Matmul(), [a, b], (*batch, m, n))
+    want = a @ (np.swapaxes(b, -1, -2) if transposed else b)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(128, 4096), (3, 5)])
+def test_elementwise_schedule_matches_numpy(shape: tuple[int, ...]) -> None:
+    """Scale and residual add as Relax fuses them; sizes with and without whole vectors and threads."""
+    from tvm import te
+
+    rng = np.random.default_rng(4)
+    a, s, c = (rng.standard_normal(v).astype(np.float32) for v in (shape, shape[-1:], shape))
+    x, sc, res = (te.placeholder(v, "float32") for v in (shape, shape[-1:], shape))
+    y = te.compute(shape, lambda i, j: x[i, j] * sc[j] + res[i, j])
+    got = run_scheduled(te.create_prim_func([x, sc, res, y]), Elementwise(), [a, s, c], shape)
+    np.testing.assert_allclose(got, a * s + c, rtol=1e-6, atol=1e-6)  # FMA contraction
 
 
 @pytest.mark.parametrize("dtype", [DType.FLOAT32, DType.FLOAT16])

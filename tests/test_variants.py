@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from codegen.kernels import LUT_MIN_DEPTH, LUT_MIN_ROWS, UNPACK_MIN_TOKENS
 from hwsim.api import compile_model
 from models.variants import apply_formats, evaluate_variants, export_variant, load_adapter_for, load_base
 
@@ -46,9 +47,12 @@ def compiles_on_host_and_arm(path: Path, shapes: dict[str, tuple[int, ...]], out
         lowered = [op for op in m["ir"]["ops"] if op.endswith("ACCUMULATE")]
         formats = {f for f in m["memory"]["weight_bytes_by_format"] if not f.startswith("dense")}
         assert bool(lowered) == bool(formats), (m["ir"]["ops"], formats)
-        for name in m["kernels"]:  # every layer wide enough for the lookup-table kernel got it (NEON tbl on ARM)
-            _, n, k = map(int, name.rsplit("_", 1)[1].split("x"))
-            assert ("_lut_" in name) == (n >= 32 and n % 16 == 0 and k % 8 == 0), name
+        for name in m["kernels"]:  # prefill shapes: unpack, except deep sign layers wide enough for the LUT
+            tokens, n, k = map(int, name.rsplit("_", 1)[1].split("x"))
+            assert tokens >= UNPACK_MIN_TOKENS, name
+            lut = n >= LUT_MIN_ROWS and n % 16 == 0 and k >= LUT_MIN_DEPTH and (
+                name.startswith("sign_") or tokens < 4 * UNPACK_MIN_TOKENS)
+            assert ("_lut_" if lut else "_unpack_") in name, name
 
 
 @pytest.mark.parametrize("adapter_format, base_format", ADAPTER_VARIANTS + BASE_VARIANTS)

@@ -3,8 +3,14 @@
 - `lut` (codegen/kernels/lut.py): T-MAC lookup tables over groups of 4 activations with byte shuffles;
   needs AVX2 or SSSE3 (x86) or NEON (aarch64), constant weights (re-laid out at build time), N a multiple of the
   shuffle width and at least LUT_MIN_ROWS, K a multiple of 8. Signs, and trits as two sign planes.
+- `unpack` (codegen/kernels/unpack.py): a blocked fp32 GEMM decoding +-1/0 weight panels on the fly, for
+  prefill (many rows), where the decode amortises over the rows and the FMA units run at full rate.
 - `select` (codegen/kernels/accumulate.py): per-weight add/subtract/skip, any CPU, any N; K must fill
   whole bytes.
+
+Measured on znver3, 2 threads (ms): 1x4096x4096 sign LUT 0.23, select 1.1, unpack 3.2; 16x4096x4096 sign
+LUT 3.1, unpack 7.1; 128x4096x4096 sign LUT 25.5, unpack 35.4; ternary LUT 48.1, unpack 36.7;
+128x16x4096 (LoRDBA's down-projection) unpack 0.37, select 1.1; 128x4096x16 unpack 0.25, LUT 0.31.
 """
 
 from collections.abc import Callable
@@ -17,6 +23,8 @@ from tvm import tirx
 # Tables cost m*k*16 entries per call whatever N is: below this many weight rows, select is faster
 # (measured on znver3: 128x16x4096 LUT 1.36 ms vs select 1.05 ms; 1x4096x4096 LUT 0.37 ms vs 2.0 ms).
 LUT_MIN_ROWS = 32
+UNPACK_MIN_TOKENS = 8  # activation rows from which unpack beats select (the decode amortises over them)
+LUT_MIN_DEPTH = 256  # below this K, decoding a panel beats building tables even for sign weights
 
 
 @dataclass(frozen=True)
@@ -41,13 +49,20 @@ def choose_accumulate(bits: int, m: int, n: int, k: int, target: tvm.target.Targ
                       weights: np.ndarray | None) -> Kernel:
     from codegen.kernels.accumulate import accumulate_kernel
     from codegen.kernels.lut import lut_fits, lut_kernel, lut_layout
+    from codegen.kernels.unpack import unpack_kernel
     from hwsim.interp import unpack_weights
 
     kind = "sign" if bits == 1 else "ternary"
     isa = next((i for i in shuffle_isas(target) if lut_fits(n, k, i)), None)
-    if isa and weights is not None and n >= LUT_MIN_ROWS:
+    lut = isa is not None and weights is not None and n >= LUT_MIN_ROWS
+    prefill = m >= UNPACK_MIN_TOKENS and target is not None and target.kind.name == "llvm"
+    # Trits take twice the lookups of signs (two planes), so unpack overtakes the LUT at fewer rows.
+    if lut and (not prefill or (k >= LUT_MIN_DEPTH and (bits == 1 or m < 4 * UNPACK_MIN_TOKENS))):
         name = f"{kind}_accumulate_lut_{isa}_{m}x{n}x{k}"
         return Kernel(name, "lut", lut_kernel(m, n, k, name, isa, planes=bits),
                       lambda p: lut_layout(unpack_weights(p, k, bits), isa, planes=bits))
+    if prefill:
+        name = f"{kind}_accumulate_unpack_{m}x{n}x{k}"
+        return Kernel(name, "unpack", unpack_kernel(m, n, k, name, bits, target), None)
     name = f"{kind}_accumulate_select_{m}x{n}x{k}"
     return Kernel(name, "select", accumulate_kernel(m, n, k, name, bits), None)
