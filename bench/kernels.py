@@ -13,8 +13,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from hwsim.ir import Graph
 
 
 def median_ms(fn: Callable[[], object], runs: int = 10) -> float:
@@ -135,29 +139,34 @@ def torch_linear(m: int, n: int, k: int, threads: int) -> Callable[[], float]:
     return measure
 
 
-def prefill_cases(tokens: int, d: int, r: int, threads: int) -> dict[str, Callable[[], float]]:
-    """The base layer alone; each branch alone, added onto a given base output (its whole extra cost); and
-    base + branch in one graph, all compiled by hwsim. A branch costs a few % of a layer, less than the
-    run-to-run noise of the layer, so the branch-alone time is the figure and the difference a cross-check."""
-    import tvm
-    from tvm import relax
+PREFILL_CASES = (("base", "none", True), ("lordba", "lordba", False), ("lora-fp16", "lora-fp16", False),
+                 ("base+lordba", "lordba", True), ("base+lora-fp16", "lora-fp16", True))
 
-    from codegen import host
-    from codegen.relax_lower import to_relax
+
+def prefill_graphs(tokens: int, d: int, r: int, base_dtype: str = "float32") -> "dict[str, Graph]":
+    """The base layer alone; each branch alone, added onto a given base output (its whole extra cost); and
+    base + branch in one graph. A branch costs a few % of a layer, less than the run-to-run noise of the
+    layer, so the branch-alone time is the figure and the difference a cross-check. `base_dtype` float16
+    gives the GPU's fp16 base layer."""
     from hwsim.ir import DType, Graph, Node, Op, TensorType, Value
     from models.formats import Lordba
-    from targets import load_target
 
     rng = np.random.default_rng(0)
-    f32 = DType.FLOAT32
+    f32, bt = DType.FLOAT32, DType(base_dtype)
     x = Value("x", TensorType((tokens, d), f32))
-    w = Value.const("w", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32))
+    w = Value.const("w", (rng.standard_normal((d, d)) / np.sqrt(d)).astype(bt.numpy))
     a, b = rng.standard_normal((r, d)) * 0.02, rng.standard_normal((d, r)) * 0.02
     lordba = Lordba.fit(a, b, 2.0).pack()
 
     def graph(branch: str, with_base: bool) -> Graph:
         base = Value("base", TensorType((tokens, d), f32))
-        nodes = [Node(Op.MATMUL, [x, w], [base])] if with_base else []
+        nodes = []
+        if with_base and bt is f32:
+            nodes = [Node(Op.MATMUL, [x, w], [base])]
+        elif with_base:  # fp16 weights and activations, fp32 out
+            xb, yb = Value("xb", TensorType((tokens, d), bt)), Value("yb", TensorType((tokens, d), bt))
+            nodes = [Node(Op.CAST, [x], [xb], {"to": bt}), Node(Op.MATMUL, [xb, w], [yb]),
+                     Node(Op.CAST, [yb], [base], {"to": f32})]
         if branch == "none":
             return Graph(branch, [x], [base], nodes)
         y, out = Value("y", TensorType((tokens, d), f32)), Value("out", TensorType((tokens, d), f32))
@@ -179,17 +188,25 @@ def prefill_cases(tokens: int, d: int, r: int, threads: int) -> dict[str, Callab
         nodes.append(Node(Op.ADD, [base, y], [out]))
         return Graph(branch, [x] if with_base else [x, base], [out], nodes)
 
-    spec = load_target("host")
-    target = host.tvm_target(spec)
-    target = tvm.target.Target({**target.export(), "num-cores": threads})
-    xs = rng.standard_normal((tokens, d)).astype(np.float32)
-    base_out = rng.standard_normal((tokens, d)).astype(np.float32)
+    return {name: graph(branch, with_base) for name, branch, with_base in PREFILL_CASES}
+
+
+def prefill_cases(tokens: int, d: int, r: int, threads: int) -> dict[str, Callable[[], float]]:
+    """Each prefill graph (see prefill_graphs), compiled by hwsim for the host CPU, as a measurement."""
+    import tvm
+    from tvm import relax
+
+    from codegen import host
+    from codegen.relax_lower import to_relax
+    from targets import load_target
+
+    target = tvm.target.Target({**host.tvm_target(load_target("host")).export(), "num-cores": threads})
+    rng = np.random.default_rng(1)
+    xs, base_out = (rng.standard_normal((tokens, d)).astype(np.float32) for _ in range(2))
     out = {}
-    for name, branch, with_base in (("base", "none", True), ("lordba", "lordba", False),
-                                    ("lora-fp16", "lora-fp16", False), ("base+lordba", "lordba", True),
-                                    ("base+lora-fp16", "lora-fp16", True)):
-        vm = relax.VirtualMachine(host.build(to_relax(graph(branch, with_base), target), target), tvm.cpu())
-        inputs = [xs] if with_base else [xs, base_out]
+    for name, graph in prefill_graphs(tokens, d, r).items():
+        vm = relax.VirtualMachine(host.build(to_relax(graph, target), target), tvm.cpu())
+        inputs = [xs, base_out][:len(graph.inputs)]
         out[name] = lambda vm=vm, inputs=inputs: float(np.median(host.time_ms(vm, inputs, repeat=5, min_total_s=0)))
     return out
 

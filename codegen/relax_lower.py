@@ -1,5 +1,6 @@
 """Lower an hwsim IR graph to a Relax module: one converter per IR op, no detour through ONNX."""
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,13 @@ from tvm.relax import op as R
 from hwsim.ir import Graph, Node, Op, OpGroup, Value
 
 Lowering = Callable[[list[relax.Expr], dict[str, Any], Node], relax.Expr]
+
+
+def _identifier(name: str) -> str:
+    """IR value names ("layer/sign_accumulate", "input.1") become Relax var names, which TVM carries into
+    generated C/CUDA parameter names: keep them valid identifiers."""
+    name = re.sub(r"\W", "_", name)
+    return f"v_{name}" if not name or name[0].isdigit() else name
 
 
 def _scalar(value: float | int, like: Value) -> relax.Expr:
@@ -192,7 +200,7 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
     """Build a Relax module whose `main` takes the graph inputs (in order) and returns its outputs.
     `target` picks the accumulate kernels' algorithm (lookup tables need AVX2 or NEON shuffles)."""
     bb = relax.BlockBuilder()
-    params = [relax.Var(v.name, relax.TensorType(v.type.shape, v.type.dtype.value)) for v in graph.inputs]
+    params = [relax.Var(_identifier(v.name), relax.TensorType(v.type.shape, v.type.dtype.value)) for v in graph.inputs]
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
     kernels: dict[str, relax.GlobalVar] = {}
 
@@ -209,11 +217,11 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
                 expr = _accumulate_kernel(bb, kernels, args, n, target) if packed_kernel \
                     else LOWERINGS[n.op](args, n.attrs, n)
                 if len(n.outputs) == 1:
-                    env[id(n.outputs[0])] = bb.emit(expr, name_hint=n.outputs[0].name)
+                    env[id(n.outputs[0])] = bb.emit(expr, name_hint=_identifier(n.outputs[0].name))
                 else:
                     tup = bb.emit(expr)
                     for i, v in enumerate(n.outputs):
-                        env[id(v)] = bb.emit(relax.TupleGetItem(tup, i), name_hint=v.name)
+                        env[id(v)] = bb.emit(relax.TupleGetItem(tup, i), name_hint=_identifier(v.name))
             outs = [arg(v) for v in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from codegen import cross, toolchain
+from codegen import cross, cuda, toolchain
 from codegen.rpc import check_reachable
-from hwsim import interp
+from hwsim import interp, roofline
 from hwsim.artifacts import (
     atomic_dir,
     sha256_file,
@@ -121,6 +121,10 @@ def compile_model(model: str | None = None, *, target: str = "host",
     spec = load_target(target)
     if spec.tvm.mtriple:
         toolchain.require_tools()
+    if spec.kind == "gpu":
+        cuda.require_nvcc()
+        if rpc:
+            raise HwsimError(f"--rpc measures CPU targets; {spec.name} is a GPU: run hwsim on a machine with the GPU")
     if rpc:
         check_reachable(rpc)
     if rpc_key and not rpc:
@@ -133,6 +137,7 @@ def compile_model(model: str | None = None, *, target: str = "host",
     key = sha256_json({"model": list(hashes.values()), "options": options,
                        "default_shapes": {k: list(v) for k, v in src.default_shapes.items()},
                        "target": spec.source.read_text(), "cpu": cpu_name(), "tools": tool_versions(),
+                       "gpu": cuda.device_name() if spec.kind == "gpu" else None,
                        "source": source_hash()})
     cached = _cached_manifest(out_dir, key)
     if cached is not None:
@@ -177,14 +182,26 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     graph = timed("importing ONNX into the IR", lambda: import_graph(src, shapes))
     ir_text = print_graph(graph)
     (tmp / "ir.txt").write_text(ir_text)
-    tvm_target = host.tvm_target(spec)
+    tvm_target = cuda.tvm_target(spec) if spec.kind == "gpu" else host.tvm_target(spec)
     mod = timed("lowering to Relax", lambda: to_relax(graph, tvm_target))
     lib = tmp / "model.so"
-    threads = int(tvm_target.attrs["num-cores"])
+    threads = int(tvm_target.attrs.get("num-cores", os.cpu_count() or 1))
     inputs = random_inputs(graph, seed)
     names = [v.name for v in graph.inputs]
     session = onnxruntime_session(src.path, min(threads, os.cpu_count() or 1))
-    if spec.tvm.mtriple:
+    gpu_build: cuda.GpuBuild | None = None
+    if spec.kind == "gpu":
+        gpu_build = timed("building with TVM for CUDA", lambda: cuda.build_and_export(mod, tvm_target, tmp))
+        timed(f"compiling the CUDA kernels with nvcc for {spec.tvm.arch}",
+              lambda: gpu_build.compile_offline(spec.tvm.arch, tmp, tvm_target))
+        if not cuda.has_gpu():
+            return _unverified_gpu_manifest(graph, ir_text, mod, lib, spec, tvm_target, gpu_build, seed, rtol,
+                                            timings)
+        vm = cuda.load(lib)
+
+        def execute(xs: list[np.ndarray]) -> list[np.ndarray]:
+            return cuda.run(vm, xs)
+    elif spec.tvm.mtriple:
         executable = timed("building with TVM", lambda: host.build(mod, tvm_target))
         timed("linking for aarch64", lambda: cross.export(executable, lib))
         bundled = timed("bundling the runner", lambda: cross.bundle(tmp, step))
@@ -217,7 +234,8 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
                          "_describe": tvm_cmp.describe()})
         return rows
 
-    where = f"qemu-aarch64, {spec.name} build" if spec.tvm.mtriple else "host"
+    where = f"qemu-aarch64, {spec.name} build" if spec.tvm.mtriple else (
+        f"GPU: {cuda.device_name()}" if gpu_build else "host")
     rows = timed(f"verifying against onnxruntime ({where})", verify)
     bad = [r for r in rows if not r["ok"]]
     if bad:
@@ -226,23 +244,19 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     for r in rows:
         del r["_describe"]
 
-    manifest: dict[str, Any] = {
-        "schema": MANIFEST_SCHEMA,
-        "target": {"name": spec.name, "kind": spec.kind, "tvm": str(tvm_target)},
-        "tools": tool_versions(),
-        "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype.value}
-                   for v in graph.inputs],
-        "memory": asdict(memory_report(graph)),
-        "kernels": sorted(gv.name_hint for gv in mod.functions if "_accumulate_" in gv.name_hint),
-        "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text), "nodes": len(graph.nodes),
-               "ops": dict(sorted(Counter(n.op.name for n in graph.nodes).items())),
-               "param_bytes": graph.param_bytes()},
-        "artifacts": {"library": {"file": lib.name, "sha256": sha256_file(lib)},
-                      "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text)}},
-        "verification": {"reference": "onnxruntime", "executed_on": where, "seed": seed, "rtol": rtol,
-                         "passed": True, "outputs": rows},
-        "compile_seconds": timings,
-    }
+    manifest = _manifest(graph, ir_text, mod, lib, spec, tvm_target, timings)
+    manifest["verification"] = {"reference": "onnxruntime", "executed_on": where, "seed": seed, "rtol": rtol,
+                                "passed": True, "outputs": rows}
+    if gpu_build:
+        device = f"{spec.name} build on {cuda.device_name()}"
+        manifest["target"].update(arch=spec.tvm.arch, device=device)
+        gpu_ms = timed("measuring latency on the GPU", lambda: cuda.time_ms(vm, inputs, repeat=runs))
+        estimate = roofline.estimate_gpu(graph, spec, gpu_build.launches)
+        manifest["artifacts"].update(gpu_build.artifacts())
+        manifest["device_kernels"] = gpu_build.kernels
+        manifest["latency"] = {"tvm": _latency(gpu_ms, device), "roofline": estimate,
+                               "measured_over_estimated": round(float(np.median(gpu_ms)) / estimate["median_ms"], 3)}
+        return manifest
     if spec.tvm.mtriple:
         manifest["artifacts"]["runner"] = {f.name: sha256_file(f) for f in bundled}
         manifest["target"]["device"] = f"{spec.name} ({spec.description}); not measured here"
@@ -268,6 +282,42 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
         "onnxruntime": _latency(ort_ms, device),
         "tvm_over_onnxruntime": round(float(np.median(tvm_ms) / np.median(ort_ms)), 3),
     }
+    return manifest
+
+
+def _manifest(graph: Graph, ir_text: str, mod: Any, lib: Path, spec: Target, tvm_target: Any,
+              timings: dict[str, float]) -> dict[str, Any]:
+    """What every build's manifest says: target, tools, inputs, memory, kernels, IR and artifacts."""
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "target": {"name": spec.name, "kind": spec.kind, "tvm": str(tvm_target)},
+        "tools": tool_versions(),
+        "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype.value}
+                   for v in graph.inputs],
+        "memory": asdict(memory_report(graph)),
+        "kernels": sorted(gv.name_hint for gv in mod.functions if "_accumulate_" in gv.name_hint),
+        "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text), "nodes": len(graph.nodes),
+               "ops": dict(sorted(Counter(n.op.name for n in graph.nodes).items())),
+               "param_bytes": graph.param_bytes()},
+        "artifacts": {"library": {"file": lib.name, "sha256": sha256_file(lib)},
+                      "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text)}},
+        "compile_seconds": timings,
+    }
+
+
+def _unverified_gpu_manifest(graph: Graph, ir_text: str, mod: Any, lib: Path, spec: Target, tvm_target: Any,
+                             gpu_build: "cuda.GpuBuild", seed: int, rtol: float,
+                             timings: dict[str, float]) -> dict[str, Any]:
+    """No GPU here: the build and nvcc's PTX/cubin are the evidence; the latency is a roofline estimate."""
+    manifest = _manifest(graph, ir_text, mod, lib, spec, tvm_target, timings)
+    manifest["artifacts"].update(gpu_build.artifacts())
+    manifest["device_kernels"] = gpu_build.kernels
+    manifest["target"].update(arch=spec.tvm.arch, device=f"{spec.name} ({spec.description}); no CUDA GPU here")
+    manifest["verification"] = {
+        "reference": "onnxruntime", "executed_on": None, "seed": seed, "rtol": rtol, "passed": None, "outputs": [],
+        "not_run": "no CUDA GPU on this machine: built by TVM and compiled by nvcc to PTX and cubin "
+                   f"for {spec.tvm.arch} only; run the same command on a machine with a GPU to verify and time it"}
+    manifest["latency"] = {"roofline": roofline.estimate_gpu(graph, spec, gpu_build.launches)}
     return manifest
 
 

@@ -83,6 +83,11 @@ def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | 
     aarch64 model.so plus hwsim-runner and the TVM runtime it loads, verified here under qemu-aarch64
     (`hwsim setup` installs the toolchain). Their latency is measured only on a real board (--rpc); the
     manifest carries llvm-mca cycle estimates of the hot loops, marked `estimated`.
+
+    GPU targets (nvidia-h100, nvidia-a100, jetson-orin) are built for CUDA and compiled by the local nvcc to
+    PTX and cubin for the target's arch (no GPU needed). With a GPU present the model is also run, verified
+    and timed on it; without one, the latency is a roofline estimate from the target's figures, marked
+    `estimated`, and nothing is claimed verified.
     """
     from hwsim.api import compile_model
 
@@ -101,7 +106,10 @@ def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | 
     for r in m["verification"]["outputs"]:
         table.add_row(r["name"], f"{r['max_abs_err']:.2e}", f"{r['max_rel_err']:.2e}")
     console = _console()
-    console.print(table)
+    if m["verification"]["passed"] is None:
+        console.print(f"not verified: {m['verification']['not_run']}", highlight=False)
+    else:
+        console.print(table)
     lat = m["latency"]
     if "emulation" in m:
         console.print(f"verified under qemu-aarch64 ({m['emulation']['note'].split(': ', 1)[1]})", highlight=False)
@@ -110,16 +118,30 @@ def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | 
         if "onnxruntime" in lat:
             line += f", onnxruntime {lat['onnxruntime']['median_ms']:.3f} ms"
         console.print(line + " (median)", highlight=False)
+    elif m["target"]["kind"] == "gpu":
+        console.print("latency: not measured (no GPU here)", highlight=False)
     else:
         console.print("latency: not measured (no device for this target here; pass --rpc HOST:PORT of a board)",
                       highlight=False)
+    if "roofline" in lat:
+        est = lat["roofline"]
+        line = (f"latency (estimated, {est['model']}): {est['median_ms']:.3f} ms "
+                f"({est['kernels_ms']:.3f} ms kernels + {est['launches']} launches)")
+        if "measured_over_estimated" in lat:
+            line += f"; measured / estimated = {lat['measured_over_estimated']:.2f}"
+        console.print(line, highlight=False)
     if "estimates" in m:
         est = m["estimates"]["loops"]
         worst = max(est["loops"], key=lambda r: r["cycles_per_iteration"], default=None)
         if worst:
             console.print(f"estimated ({est['model']}): {len(est['loops'])} kernels' inner loops, heaviest "
                           f"{worst['cycles_per_iteration']} cycles/iteration in {worst['function']}", highlight=False)
-    console.print(f"verified artifact: {result.out_dir / m['artifacts']['library']['file']}", highlight=False)
+    verified = "artifact" if m["verification"]["passed"] is None else "verified artifact"
+    console.print(f"{verified}: {result.out_dir / m['artifacts']['library']['file']}", highlight=False)
+    if "ptx" in m["artifacts"]:
+        console.print(f"CUDA source, PTX and cubin for {m['target']['arch']}: "
+                      f"{', '.join(m['artifacts'][k]['file'] for k in ('cuda_source', 'ptx', 'cubin'))}",
+                      highlight=False)
 
 
 @main.command()

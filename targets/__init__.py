@@ -13,16 +13,18 @@ from typing import Any
 from hwsim.errors import HwsimError
 
 TARGET_DIR = Path(__file__).parent
-KINDS = ("cpu",)
+KINDS = ("cpu", "gpu")
 
 
 @dataclass(frozen=True)
 class TvmTarget:
-    """The TVM target dict: `mcpu = "native"` resolves to this machine's CPU, `num_cores = 0` to all."""
+    """The TVM target dict: for CPUs `mcpu = "native"` resolves to this machine's CPU, `num_cores = 0` to
+    all; GPUs name their `arch` (sm_90)."""
 
     kind: str
-    mcpu: str
-    num_cores: int
+    mcpu: str = ""
+    num_cores: int = 0
+    arch: str = ""
     mtriple: str = ""
     mattr: tuple[str, ...] = ()
     mca_cpu: str = ""  # llvm-mca's -mcpu for this core, where its model differs from mcpu
@@ -44,6 +46,22 @@ class CpuSpec:
 
 
 @dataclass(frozen=True)
+class GpuSpec:
+    """What a GPU roofline estimate needs: peak rates by unit, memory bandwidth, launch cost."""
+
+    sm_count: int
+    clock_ghz: float
+    fp16_tensor_tflops: float  # dense
+    fp32_tflops: float
+    int8_tensor_tops: float  # dense
+    dram_bandwidth_gbs: float
+    l2_kib: int
+    smem_kib_per_sm: int
+    power_w: float
+    launch_overhead_us: float
+
+
+@dataclass(frozen=True)
 class EnergySpec:
     """Energy per operation and per byte moved, with the process node the figures are for."""
 
@@ -62,23 +80,33 @@ class Target:
     kind: str
     description: str
     tvm: TvmTarget
-    cpu: CpuSpec
+    cpu: CpuSpec | None
+    gpu: GpuSpec | None
     energy: EnergySpec
     source: Path
 
 
-_SECTIONS: dict[str, dict[str, tuple[type, bool]]] = {
-    "": {"name": (str, True), "kind": (str, True), "description": (str, True), "tvm": (dict, True),
-         "cpu": (dict, True), "energy": (dict, True)},
-    "tvm": {"kind": (str, True), "mcpu": (str, True), "num_cores": (int, True), "mtriple": (str, False),
-            "mattr": (list, False), "mca_cpu": (str, False)},
-    "cpu": {f.name: (float if f.type in (float, "float") else int, True) for f in fields(CpuSpec)},
-    "energy": {f.name: (float if f.type in (float, "float") else int, True) for f in fields(EnergySpec)},
+def _numbers(spec: type) -> dict[str, tuple[type, bool]]:
+    return {f.name: (float if f.type in (float, "float") else int, True) for f in fields(spec)}
+
+
+# the sections each kind of target has, and their keys: (type, required)
+_SECTIONS: dict[str, dict[str, dict[str, tuple[type, bool]]]] = {
+    "cpu": {
+        "": {"name": (str, True), "kind": (str, True), "description": (str, True), "tvm": (dict, True),
+             "cpu": (dict, True), "energy": (dict, True)},
+        "tvm": {"kind": (str, True), "mcpu": (str, True), "num_cores": (int, True), "mtriple": (str, False),
+                "mattr": (list, False), "mca_cpu": (str, False)},
+        "cpu": _numbers(CpuSpec), "energy": _numbers(EnergySpec)},
+    "gpu": {
+        "": {"name": (str, True), "kind": (str, True), "description": (str, True), "tvm": (dict, True),
+             "gpu": (dict, True), "energy": (dict, True)},
+        "tvm": {"kind": (str, True), "arch": (str, True)},
+        "gpu": _numbers(GpuSpec), "energy": _numbers(EnergySpec)},
 }
 
 
-def _check(table: dict[str, Any], section: str, path: Path) -> None:
-    schema = _SECTIONS[section]
+def _check(table: dict[str, Any], schema: dict[str, tuple[type, bool]], section: str, path: Path) -> None:
     prefix = f"{section}." if section else ""
     for key in table:
         if key not in schema:
@@ -101,16 +129,21 @@ def load_target_file(path: Path) -> Target:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise HwsimError(f"{path}: invalid TOML ({e})") from None
-    _check(data, "", path)
-    for section in ("tvm", "cpu", "energy"):
-        _check(data[section], section, path)
-    if data["kind"] not in KINDS:
-        raise HwsimError(f"{path}: key 'kind' must be one of {', '.join(KINDS)}, got {data['kind']!r}")
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise HwsimError(f"{path}: key 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    sections = _SECTIONS[kind]
+    _check(data, sections[""], "", path)
+    for section, schema in sections.items():
+        if section:
+            _check(data[section], schema, section, path)
     t = data["tvm"]
-    tvm = TvmTarget(kind=t["kind"], mcpu=t["mcpu"], num_cores=t["num_cores"], mtriple=t.get("mtriple", ""),
-                    mattr=tuple(t.get("mattr", ())), mca_cpu=t.get("mca_cpu", ""))
-    return Target(name=data["name"], kind=data["kind"], description=data["description"], tvm=tvm,
-                  cpu=CpuSpec(**data["cpu"]), energy=EnergySpec(**data["energy"]), source=path)
+    tvm = TvmTarget(kind=t["kind"], mcpu=t.get("mcpu", ""), num_cores=t.get("num_cores", 0), arch=t.get("arch", ""),
+                    mtriple=t.get("mtriple", ""), mattr=tuple(t.get("mattr", ())), mca_cpu=t.get("mca_cpu", ""))
+    return Target(name=data["name"], kind=kind, description=data["description"], tvm=tvm,
+                  cpu=CpuSpec(**data["cpu"]) if kind == "cpu" else None,
+                  gpu=GpuSpec(**data["gpu"]) if kind == "gpu" else None,
+                  energy=EnergySpec(**data["energy"]), source=path)
 
 
 def known_targets() -> list[str]:

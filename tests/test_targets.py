@@ -40,10 +40,17 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def test_builtin_targets_load() -> None:
-    assert {"host", "cortex-a76", "cortex-a55", "cortex-a72"} <= set(known_targets())
+    assert {"host", "cortex-a76", "cortex-a55", "cortex-a72", "nvidia-h100", "nvidia-a100",
+            "jetson-orin"} <= set(known_targets())
     for name in known_targets():
         t = load_target(name)
-        assert t.name == name and t.tvm.kind == "llvm" and t.cpu.clock_ghz > 0 and t.energy.fp32_fma_pj > 0
+        assert t.name == name and t.energy.fp32_fma_pj > 0
+        if t.kind == "cpu":
+            assert t.tvm.kind == "llvm" and t.cpu.clock_ghz > 0 and t.gpu is None
+        else:
+            assert t.tvm.kind == "cuda" and t.gpu.sm_count > 0 and t.gpu.dram_bandwidth_gbs > 0 and t.cpu is None
+    assert {load_target(n).tvm.arch for n in ("nvidia-a100", "jetson-orin", "nvidia-h100")} == {"sm_80", "sm_87",
+                                                                                                "sm_90"}
     a76 = load_target("cortex-a76")
     assert a76.tvm.mtriple == "aarch64-linux-gnu" and a76.tvm.mcpu == "cortex-a76" and a76.tvm.num_cores == 4
 
@@ -64,6 +71,7 @@ def test_good_file_loads(tmp_path: Path) -> None:
     (GOOD.replace("num_cores = 2", 'num_cores = "two"'), "key 'tvm.num_cores' must be int"),
     (GOOD.replace("num_cores = 2", "num_cores = 2\nnum_cores = 4"), "invalid TOML"),  # duplicate key
     (GOOD.replace('kind = "cpu"', 'kind = "fpga"'), "key 'kind' must be one of cpu"),
+    (GOOD.replace('kind = "cpu"', 'kind = "gpu"'), "unknown key 'cpu'"),  # a GPU has a [gpu] section
 ])
 def test_bad_files_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
     with pytest.raises(HwsimError, match=None) as e:
@@ -74,3 +82,15 @@ def test_bad_files_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
 def test_unknown_target_lists_the_known_ones() -> None:
     with pytest.raises(HwsimError, match=r"unknown target 'nope' \(known: .*host"):
         load_target("nope")
+
+
+def test_bad_gpu_files_name_the_key(tmp_path: Path) -> None:
+    good = (Path(__file__).parents[1] / "targets" / "nvidia-h100.toml").read_text().replace(
+        'name = "nvidia-h100"', 'name = "t"')
+    assert load_target(write(tmp_path, good)).gpu.sm_count == 132
+    for text, needle in [(good.replace("sm_count = 132\n", ""), "missing key 'gpu.sm_count'"),
+                         (good.replace('arch = "sm_90"', 'arch = "sm_90"\nmcpu = "x"'), "unknown key 'tvm.mcpu'"),
+                         (good.replace("power_w = 700.0", "power_w = -1.0"), "key 'gpu.power_w' must be >= 0")]:
+        with pytest.raises(HwsimError) as e:
+            load_target(write(tmp_path, text))
+        assert needle in str(e.value), str(e.value)

@@ -5,6 +5,7 @@
   shuffle width and at least LUT_MIN_ROWS, K a multiple of 8. Signs, and trits as two sign planes.
 - `unpack` (codegen/kernels/unpack.py): a blocked fp32 GEMM decoding +-1/0 weight panels on the fly, for
   prefill (many rows), where the decode amortises over the rows and the FMA units run at full rate.
+- `decode` (codegen/kernels/gpu.py): on CUDA targets, decode + matmul scheduled by TVM's dlight GPU rules.
 - `select` (codegen/kernels/accumulate.py): per-weight add/subtract/skip, any CPU, any N; K must fill
   whole bytes.
 
@@ -53,6 +54,11 @@ def choose_accumulate(bits: int, m: int, n: int, k: int, target: tvm.target.Targ
     from hwsim.interp import unpack_weights
 
     kind = "sign" if bits == 1 else "ternary"
+    if target is not None and target.kind.name == "cuda":
+        from codegen.kernels.gpu import decode_matmul
+
+        name = f"{kind}_accumulate_decode_{m}x{n}x{k}"
+        return Kernel(name, "decode", decode_matmul(m, n, k, name, bits), None)
     isa = next((i for i in shuffle_isas(target) if lut_fits(n, k, i)), None)
     lut = isa is not None and weights is not None and n >= LUT_MIN_ROWS
     prefill = m >= UNPACK_MIN_TOKENS and target is not None and target.kind.name == "llvm"
