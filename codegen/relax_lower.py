@@ -9,7 +9,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from hwsim.ir import Graph, Node, Op, OpGroup, Value
+from hwsim.ir import Graph, Node, Op, OpGroup, Value, accumulate_inputs
 
 Lowering = Callable[[list[relax.Expr], dict[str, Any], Node], relax.Expr]
 
@@ -78,24 +78,35 @@ def _matmul(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
     return R.matmul(x[0], x[1])
 
 
+def _f32(e: relax.Expr, v: Value) -> relax.Expr:
+    return R.astype(e, "float32") if v.type.dtype.value != "float32" else e
+
+
+def _reshape(e: relax.Expr, shape: tuple[int, ...], to: list[int]) -> relax.Expr:
+    """R.reshape unless the shape is already `to` (a reshape at a function boundary runs as a copy)."""
+    return e if list(shape) == to else R.reshape(e, to)
+
+
 def _accumulate(bits: int) -> Lowering:
-    """Reference lowering: unpack the packed weights with Relax bit ops and multiply densely. TVM folds
-    the unpacking of constant weights at build time, so this runs as a dense fp32 matmul; used where the
-    packed TIR kernels do not apply (K not filling whole bytes)."""
+    """Reference lowering: unpack the packed weights with Relax bit ops and multiply densely in fp32. TVM
+    folds the unpacking of constant weights at build time, so this runs as a dense fp32 matmul; used where
+    the packed TIR kernels do not apply (K not filling whole bytes)."""
     def lower(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
-        xv, packed, *scales = x
-        rows, cols = n.inputs[1].type.shape
+        e = dict(zip(accumulate_inputs(a), x, strict=True))
+        v = dict(zip(accumulate_inputs(a), n.inputs, strict=True))
+        rows, cols = v["packed"].type.shape
         shifts = relax.const(np.arange(0, 8, bits, dtype=np.uint8))
-        fields = R.bitwise_and(R.right_shift(R.expand_dims(packed, 2), shifts),
+        fields = R.bitwise_and(R.right_shift(R.expand_dims(e["packed"], 2), shifts),
                                relax.const((1 << bits) - 1, "uint8"))
         w = R.astype(R.strided_slice(R.reshape(fields, [rows, cols * (8 // bits)]), [1], [0], [a["k"]]), "float32")
         w = R.subtract(R.multiply(w, relax.const(2.0, "float32")), relax.const(1.0, "float32")) if bits == 1 \
             else R.subtract(w, relax.const(1.0, "float32"))
-        dtype = n.inputs[0].type.dtype.value
-        h = R.multiply(xv, R.astype(scales[0], dtype)) if a["pre"] else xv
-        y = R.matmul(R.astype(h, "float32"), R.permute_dims(w, [1, 0]))
-        y = R.multiply(y, R.astype(scales[-1], "float32")) if a["post"] else y
-        return R.astype(y, dtype) if dtype != "float32" else y
+        h = _f32(e["x"], v["x"])
+        h = R.multiply(h, _f32(e["pre"], v["pre"])) if "pre" in e else h
+        y = R.matmul(h, R.permute_dims(w, [1, 0]))
+        y = R.multiply(y, _f32(e["post"], v["post"])) if "post" in e else y
+        y = R.add(y, _f32(e["add"], v["add"])) if "add" in e else y
+        return R.astype(y, v["x"].type.dtype.value) if v["x"].type.dtype.value != "float32" else y
     return lower
 
 
@@ -109,23 +120,35 @@ def _packed_kernel_fits(n: Node) -> bool:
 
 def _accumulate_kernel(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x: list[relax.Expr],
                        n: Node, target: tvm.target.Target | None) -> relax.Expr:
-    """SIGN/TERNARY_ACCUMULATE through a packed TIR kernel chosen by shape and target (codegen.kernels);
-    scales stay Relax elementwise ops around it, fp16 activations are widened to fp32 for the kernel."""
-    from codegen.kernels import choose_accumulate
+    """SIGN/TERNARY_ACCUMULATE through a packed TIR kernel chosen by shape and target (codegen.kernels), fp32
+    inside (fp16 activations are widened). The kernel applies the scales and the addend it fuses; Relax
+    elementwise ops apply any it does not."""
+    from codegen.kernels import Fused, choose_accumulate
 
-    xv, packed, *scales = x
-    a, shape, dtype = n.attrs, n.inputs[0].type.shape, n.inputs[0].type.dtype.value
-    rows, k, outs = int(np.prod(shape[:-1])), a["k"], n.outputs[0].type.shape[-1]
-    h = R.multiply(xv, R.astype(scales[0], dtype)) if a["pre"] else xv
-    h = bb.normalize(R.reshape(R.astype(h, "float32") if dtype != "float32" else h, [rows, k]))
-    weights = n.inputs[1].data if n.inputs[1].is_const else None
-    kernel = choose_accumulate(_bits(n), rows, outs, k, target, weights)
-    if kernel.name not in kernels:  # one kernel per algorithm and shape, shared by every layer of that shape
+    e = dict(zip(accumulate_inputs(n.attrs), x, strict=True))
+    v = dict(zip(accumulate_inputs(n.attrs), n.inputs, strict=True))
+    shape, dtype = v["x"].type.shape, v["x"].type.dtype.value
+    rows, k, outs = int(np.prod(shape[:-1])), n.attrs["k"], n.outputs[0].type.shape[-1]
+    extras = {"pre": _f32(e["pre"], v["pre"]) if "pre" in e else None,
+              "post": R.broadcast_to(R.reshape(bb.normalize(_f32(e["post"], v["post"])), [-1]), [outs])
+              if "post" in e else None,
+              "add": _reshape(_f32(e["add"], v["add"]), v["add"].type.shape, [rows, outs]) if "add" in e else None}
+    weights = v["packed"].data if v["packed"].is_const else None
+    wanted = Fused(**{name: ex is not None for name, ex in extras.items()})
+    kernel = choose_accumulate(_bits(n), rows, outs, k, target, weights, wanted)
+    if kernel.name not in kernels:  # one kernel per algorithm, extras and shape, shared by every layer of that shape
         kernels[kernel.name] = bb.add_func(kernel.func, kernel.name)
-    w = relax.const(kernel.relayout(weights), "uint8") if kernel.relayout else packed
-    y = relax.call_tir(kernels[kernel.name], [h, w], relax.TensorType((rows, outs), "float32"))
-    y = R.multiply(y, R.astype(scales[-1], "float32")) if a["post"] else y
-    y = R.reshape(y, list(n.outputs[0].type.shape))
+    h = bb.normalize(_reshape(_f32(e["x"], v["x"]), shape, [rows, k]))
+    if extras["pre"] is not None and not kernel.fused.pre:
+        h = R.multiply(h, extras["pre"])
+    w = relax.const(kernel.relayout(weights), "uint8") if kernel.relayout else e["packed"]
+    args = [h, w, *(extras[name] for name in ("pre", "post", "add") if getattr(kernel.fused, name))]
+    y = relax.call_tir(kernels[kernel.name], args, relax.TensorType((rows, outs), "float32"))
+    if extras["post"] is not None and not kernel.fused.post:
+        y = R.multiply(y, extras["post"])
+    if extras["add"] is not None and not kernel.fused.add:
+        y = R.add(y, extras["add"])
+    y = _reshape(y, (rows, outs), list(n.outputs[0].type.shape))
     return R.astype(y, dtype) if dtype != "float32" else y
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import special
 
 from hwsim.errors import HwsimError
-from hwsim.ir import Graph, Op, OpGroup, Value, infer
+from hwsim.ir import Graph, Op, OpGroup, Value, accumulate_inputs, infer
 
 Arrays = list[np.ndarray]
 Impl = Callable[[Arrays, dict[str, Any]], Arrays]
@@ -116,13 +116,18 @@ def unpack_weights(packed: np.ndarray, k: int, bits: int) -> np.ndarray:
 
 
 def _accumulate(bits: int) -> Impl:
-    """y[..., n] = post[n] * sum_k W[n, k] * (pre[k] * x[..., k]), W in {-1,+1} or {-1,0,+1}: the
-    weights only add, subtract or skip; scales are applied once per input and once per output channel."""
+    """y[..., n] = post[n] * sum_k W[n, k] * (pre[k] * x[..., k]) + add[..., n], W in {-1,+1} or {-1,0,+1}:
+    the weights only add, subtract or skip; scales are applied once per input and once per output channel.
+    Everything inside is fp32 (what the kernels compute); the result is rounded once to x's dtype."""
     def impl(x: Arrays, a: dict) -> Arrays:
-        v, packed, *scales = x
-        h = v * scales[0].astype(v.dtype) if a["pre"] else v
-        y = h.astype(np.float32) @ unpack_weights(packed, a["k"], bits).T.astype(np.float32)
-        return [y * scales[-1].astype(np.float32) if a["post"] else y]
+        t = dict(zip(accumulate_inputs(a), x, strict=True))
+        h = t["x"].astype(np.float32)
+        if "pre" in t:
+            h = h * t["pre"].astype(np.float32)
+        y = h @ unpack_weights(t["packed"], a["k"], bits).T.astype(np.float32)
+        if "post" in t:
+            y = y * t["post"].astype(np.float32)
+        return [y + t["add"].astype(np.float32) if "add" in t else y]
     return impl
 
 

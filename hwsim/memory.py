@@ -1,7 +1,7 @@
 """Memory accounting on the IR: weight bytes by format, and peak activation bytes from liveness.
 
-Weights: every constant read by an accumulate node belongs to that node's format layer (its packed
-signs or trits and its scales, at their stored dtypes); every other constant is dense, counted by dtype.
+Weights: the packed signs or trits and the scales of an accumulate node belong to that node's format
+layer (at their stored dtypes); every other constant is dense, counted by dtype.
 Activations: walking the nodes in their (topological) order, a value is live from its definition to
 its last use (graph inputs from the start, graph outputs to the end); the peak is the largest total.
 """
@@ -9,7 +9,7 @@ its last use (graph inputs from the start, graph outputs to the end); the peak i
 from collections import Counter
 from dataclasses import dataclass
 
-from hwsim.ir import Graph, OpGroup
+from hwsim.ir import Graph, OpGroup, accumulate_inputs
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,9 @@ def memory_report(graph: Graph) -> MemoryReport:
     owner: dict[int, str] = {}
     for n in graph.nodes:
         if n.op in OpGroup.ACCUMULATE:
-            for v in n.inputs[1:]:
-                owner[id(v)] = layer_of.get(n.name, n.op.name)
+            for role, v in zip(accumulate_inputs(n.attrs), n.inputs, strict=True):
+                if role in ("packed", "pre", "post"):
+                    owner[id(v)] = layer_of.get(n.name, n.op.name)
     by_format: Counter[str] = Counter()
     for c in graph.constants():
         by_format[owner.get(id(c), f"dense {c.type.dtype.value}")] += c.type.nbytes

@@ -10,7 +10,7 @@ import tvm
 from tvm import relax
 
 from codegen import host
-from codegen.kernels import LUT_MIN_DEPTH, LUT_MIN_ROWS, UNPACK_MIN_TOKENS, choose_accumulate, shuffle_isas
+from codegen.kernels import LUT_MIN_DEPTH, LUT_MIN_ROWS, UNPACK_MIN_TOKENS, Fused, choose_accumulate, shuffle_isas
 from codegen.kernels.accumulate import accumulate_kernel
 from codegen.kernels.lut import lut_kernel, lut_layout
 from codegen.kernels.unpack import unpack_kernel
@@ -64,6 +64,34 @@ def test_select_kernel_matches_numpy(bits: int) -> None:
     packed = pack_signs(w) if bits == 1 else pack_i2(w)
     got = run_kernel(accumulate_kernel(2, 12, 64, "k", bits), x, packed, 12)
     np.testing.assert_allclose(got, x @ w.T.astype(np.float32), rtol=1e-5, atol=1e-5)
+
+
+EXTRAS = [Fused(True, True, True), Fused(pre=True), Fused(post=True), Fused(add=True), Fused(post=True, add=True)]
+
+
+@pytest.mark.parametrize("fused", EXTRAS, ids=lambda f: f.suffix[1:])
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("m, n, k, algorithm", [(1, 64, 256, "lut"), (16, 64, 512, "lut"), (2, 12, 64, "select"),
+                                                (9, 40, 24, "unpack"), (32, 16, 512, "unpack")])
+def test_kernels_fuse_scales_and_addend(fused: Fused, bits: int, m: int, n: int, k: int, algorithm: str) -> None:
+    """y = post * (W (pre * x)) + add inside each kernel, with its signature holding just the extras it uses."""
+    rng = np.random.default_rng(m + n)
+    w = weights(bits, n, k, seed=k)
+    packed = pack_signs(w) if bits == 1 else pack_i2(w)
+    kernel = choose_accumulate(bits, m, n, k, HOST, packed, fused)
+    assert kernel.algorithm == algorithm and kernel.fused == fused and fused.suffix in kernel.name
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    pre, post, add = rng.random(k, np.float32), rng.random(n, np.float32), rng.standard_normal((m, n), np.float32)
+    extras = [a for on, a in ((fused.pre, pre), (fused.post, post), (fused.add, add)) if on]
+    assert len(kernel.func.params) == 3 + len(extras)
+    lib = tvm.tirx.build(tvm.IRModule({"k": kernel.func.with_attr("global_symbol", "k")}), target=HOST)
+    args = [tvm.runtime.tensor(a) for a in (x, kernel.relayout(packed) if kernel.relayout else packed, *extras,
+                                             np.zeros((m, n), np.float32))]
+    lib["k"](*args)
+    want = ((x * pre if fused.pre else x) @ w.T.astype(np.float32)) * (post if fused.post else 1) + (
+        add if fused.add else 0)
+    tol = 1e-4 if algorithm == "lut" else 1e-5  # int16 tables vs exact fp32 adds
+    assert np.abs(args[-1].numpy() - want).max() <= tol * np.abs(want).max()
 
 
 def test_dispatch_by_shape_and_target() -> None:

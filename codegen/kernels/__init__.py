@@ -9,6 +9,9 @@
 - `select` (codegen/kernels/accumulate.py): per-weight add/subtract/skip, any CPU, any N; K must fill
   whole bytes.
 
+Every kernel is PrimFunc(x [m, k] f32, w, [pre [k] f32], [post [n] f32], [add [m, n] f32], y [m, n] f32) with
+the accumulate op's scales and addend fused (`Fused` says which are present): y = post * (W (pre * x)) + add.
+
 Measured on znver3, 2 threads (ms): 1x4096x4096 sign LUT 0.23, select 1.1, unpack 3.2; 16x4096x4096 sign
 LUT 3.1, unpack 7.1; 128x4096x4096 sign LUT 25.5, unpack 35.4; ternary LUT 48.1, unpack 36.7;
 128x16x4096 (LoRDBA's down-projection) unpack 0.37, select 1.1; 128x4096x16 unpack 0.25, LUT 0.31.
@@ -29,11 +32,29 @@ LUT_MIN_DEPTH = 256  # below this K, decoding a panel beats building tables even
 
 
 @dataclass(frozen=True)
+class Fused:
+    """Which of the accumulate op's extras a kernel applies itself, so that none costs another pass over the
+    activations: a pre-scale on x, a post-scale on y, an addend (a residual, or the other term of a sum)."""
+
+    pre: bool = False
+    post: bool = False
+    add: bool = False
+
+    @property
+    def suffix(self) -> str:
+        return "".join(f"_{k}" for k in ("pre", "post", "add") if getattr(self, k))
+
+
+UNFUSED = Fused()
+
+
+@dataclass(frozen=True)
 class Kernel:
     name: str
     algorithm: str
     func: tirx.PrimFunc
     relayout: Callable[[np.ndarray], np.ndarray] | None  # packed weights -> the kernel's layout
+    fused: Fused = UNFUSED  # the extras the kernel applies (the caller applies the rest)
 
 
 def shuffle_isas(target: tvm.target.Target | None) -> list[str]:
@@ -47,28 +68,31 @@ def shuffle_isas(target: tvm.target.Target | None) -> list[str]:
 
 
 def choose_accumulate(bits: int, m: int, n: int, k: int, target: tvm.target.Target | None,
-                      weights: np.ndarray | None) -> Kernel:
+                      weights: np.ndarray | None, fused: Fused = UNFUSED) -> Kernel:
     from codegen.kernels.accumulate import accumulate_kernel
     from codegen.kernels.lut import lut_fits, lut_kernel, lut_layout
     from codegen.kernels.unpack import unpack_kernel
     from hwsim.interp import unpack_weights
 
     kind = "sign" if bits == 1 else "ternary"
-    if target is not None and target.kind.name == "cuda":
-        from codegen.kernels.gpu import decode_matmul
 
-        name = f"{kind}_accumulate_decode_{m}x{n}x{k}"
-        return Kernel(name, "decode", decode_matmul(m, n, k, name, bits), None)
+    def named(algorithm: str) -> str:
+        return f"{kind}_accumulate_{algorithm}{fused.suffix}_{m}x{n}x{k}"
+
+    if target is not None and target.kind.name == "cuda":
+        from codegen.kernels.gpu import decode_matmul, gpu_fusable
+
+        fused = gpu_fusable(m, fused)
+        return Kernel(named("decode"), "decode", decode_matmul(m, n, k, named("decode"), bits, fused), None, fused)
     isa = next((i for i in shuffle_isas(target) if lut_fits(n, k, i)), None)
     lut = isa is not None and weights is not None and n >= LUT_MIN_ROWS
     prefill = m >= UNPACK_MIN_TOKENS and target is not None and target.kind.name == "llvm"
     # Trits take twice the lookups of signs (two planes), so unpack overtakes the LUT at fewer rows.
     if lut and (not prefill or (k >= LUT_MIN_DEPTH and (bits == 1 or m < 4 * UNPACK_MIN_TOKENS))):
-        name = f"{kind}_accumulate_lut_{isa}_{m}x{n}x{k}"
-        return Kernel(name, "lut", lut_kernel(m, n, k, name, isa, planes=bits),
-                      lambda p: lut_layout(unpack_weights(p, k, bits), isa, planes=bits))
+        name = named(f"lut_{isa}")
+        return Kernel(name, "lut", lut_kernel(m, n, k, name, isa, planes=bits, fused=fused),
+                      lambda p: lut_layout(unpack_weights(p, k, bits), isa, planes=bits), fused)
     if prefill:
-        name = f"{kind}_accumulate_unpack_{m}x{n}x{k}"
-        return Kernel(name, "unpack", unpack_kernel(m, n, k, name, bits, target), None)
-    name = f"{kind}_accumulate_select_{m}x{n}x{k}"
-    return Kernel(name, "select", accumulate_kernel(m, n, k, name, bits), None)
+        return Kernel(named("unpack"), "unpack", unpack_kernel(m, n, k, named("unpack"), bits, target, fused), None,
+                      fused)
+    return Kernel(named("select"), "select", accumulate_kernel(m, n, k, named("select"), bits, fused), None, fused)

@@ -14,15 +14,23 @@ Weights are re-laid out at build time (they are constants): W[ob, gp, r] holds, 
 the sign nibbles of groups 2gp (low nibble) and 2gp+1 (high nibble); bit j of a nibble = weight 4g+j.
 Ternary weights t are two sign planes a, b with t = (a + b) / 2 (t=1: +,+; t=0: +,-; t=-1: -,-), stacked
 along gp and looked up in the same tables: twice the sign work, no extra table.
+
+A pre-scale multiplies the activations as the tables are built (once per activation, not per weight);
+post-scale and addend join the final conversion of each output vector.
 """
 
 import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 
+from codegen.kernels import UNFUSED, Fused
+
 SHUFFLE = {"avx2": ("llvm.x86.avx2.pshuf.b", 32), "ssse3": ("llvm.x86.ssse3.pshuf.b.128", 16),
            "neon": ("llvm.aarch64.neon.tbl1.v16i8", 16)}
 CHUNK = 64  # group pairs per int16 accumulation chunk: 128 lookups of |v| <= 128 stay inside int16
+TILE_PAIRS = 256  # group pairs per K tile: its lo/hi tables (2 x 512 x L bytes, 32 KiB for AVX2) stay in L1
+BLOCKS = 16  # row blocks (of L rows) per parallel task, whose int32 accumulators live across the K tiles
+MIN_TASKS = 8  # parallel tasks to keep, where N allows, so every core gets work
 
 
 def lut_fits(n: int, k: int, isa: str) -> bool:
@@ -41,50 +49,64 @@ def lut_layout(weights: np.ndarray, isa: str, planes: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(out, axis=1))
 
 
-def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1) -> tirx.PrimFunc:
-    """PrimFunc(x [m, k] f32, w [n/L, planes * k/8, L] u8, y [m, n] f32), rows split across threads;
+def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fused: Fused = UNFUSED) -> tirx.PrimFunc:
+    """PrimFunc(x [m, k] f32, w [n/L, planes * k/8, L] u8, extras, y [m, n] f32), rows split across threads;
     y is the mean over the planes (1: signs, 2: trits)."""
     intrin, lanes = SHUFFLE[isa]
     if not lut_fits(n, k, isa):
         raise ValueError(f"LUT kernel needs N % {lanes} == 0 and K % 8 == 0, got N={n}, K={k}")
     groups, pairs = k // 4, k // 8
-    chunk = next(c for c in range(min(CHUNK, pairs), 0, -1) if pairs % c == 0)
+    tile = next(t for t in range(min(TILE_PAIRS, pairs), 0, -1) if pairs % t == 0)
+    chunk = next(c for c in range(min(CHUNK, tile), 0, -1) if tile % c == 0)
+    blocks = next(b for b in (BLOCKS, 8, 4, 2, 1) if (n // lanes) % b == 0 and (n // lanes // b >= MIN_TASKS or b == 1))
     u8, i8, i16, i32, f32 = (f"{t}x{lanes}" for t in ("uint8", "int8", "int16", "int32", "float32"))
 
     @T.prim_func
     def kernel(x: T.Buffer((m, k), "float32"), w: T.Buffer((n // lanes, planes * pairs, lanes), "uint8"),
+               pre: T.Buffer((k,), "float32"), post: T.Buffer((n,), "float32"), add: T.Buffer((m, n), "float32"),
                y: T.Buffer((m, n), "float32")):
         T.func_attr({"tirx.noalias": True})
         lo = T.alloc_buffer((m, groups, lanes), "int8")  # low byte of each int16 entry, biased by -128
         hi = T.alloc_buffer((m, groups, lanes), "int8")
         scale = T.alloc_buffer((m,), "float32")
-        for i in range(m):
+        for i in T.parallel(m) if m > 1 else T.serial(m):
             scale[i] = T.float32(0)
             for g in range(groups):
-                scale[i] = T.max(scale[i], T.fabs(x[i, 4 * g]) + T.fabs(x[i, 4 * g + 1]) + T.fabs(x[i, 4 * g + 2])
-                                 + T.fabs(x[i, 4 * g + 3]))
-        for i, g in T.grid(m, groups):
-            for p in range(lanes):  # p & 15 selects the signs: the table repeats across 128-bit lanes
-                v = T.Cast("int32", T.round(
-                    (T.Select(p & 1 == 1, x[i, 4 * g], -x[i, 4 * g])
-                     + T.Select(p & 2 == 2, x[i, 4 * g + 1], -x[i, 4 * g + 1])
-                     + T.Select(p & 4 == 4, x[i, 4 * g + 2], -x[i, 4 * g + 2])
-                     + T.Select(p & 8 == 8, x[i, 4 * g + 3], -x[i, 4 * g + 3]))
+                a = T.alloc_buffer((4,), "float32", scope="local")  # the group's (pre-scaled) activations
+                for j in range(4):
+                    a[j] = x[i, 4 * g + j] * pre[4 * g + j] if fused.pre else x[i, 4 * g + j]
+                scale[i] = T.max(scale[i], T.fabs(a[0]) + T.fabs(a[1]) + T.fabs(a[2]) + T.fabs(a[3]))
+        # the tables: m * k/4 * L entries, as many as a 4 x L block of weights
+        for ig in T.parallel(m * groups) if m > 1 else T.serial(groups):
+            i, g = ig // groups, ig % groups
+            a = T.alloc_buffer((4,), "float32", scope="local")
+            for j in range(4):
+                a[j] = x[i, 4 * g + j] * pre[4 * g + j] if fused.pre else x[i, 4 * g + j]
+            # p & 15 selects the signs: the table repeats across 128-bit lanes. (No let-bindings inside these
+            # vectorised loops: TVM 0.27 vectorises a let-bound value as the scalar of the last lane.)
+            v = T.alloc_buffer((lanes,), "int32", scope="local")
+            for p in T.vectorized(lanes):
+                v[p] = T.Cast("int32", T.round(
+                    (T.Select(p & 1 == 1, a[0], -a[0]) + T.Select(p & 2 == 2, a[1], -a[1])
+                     + T.Select(p & 4 == 4, a[2], -a[2]) + T.Select(p & 8 == 8, a[3], -a[3]))
                     * T.float32(32767) / T.max(scale[i], T.float32(1e-30))))
-                lo[i, g, p] = T.Cast("int8", (v & 255) - 128)
-                hi[i, g, p] = T.Cast("int8", T.shift_right(v, 8))
-        for ob in T.parallel(n // lanes):
+            for p in T.vectorized(lanes):
+                lo[i, g, p] = T.Cast("int8", (v[p] & 255) - 128)
+                hi[i, g, p] = T.Cast("int8", T.shift_right(v[p], 8))
+        for obo in T.parallel(n // lanes // blocks):
             for i in range(m):
-                acc = T.alloc_buffer((lanes,), "int32")
+                acc = T.alloc_buffer((blocks, lanes), "int32")
                 lo16 = T.alloc_buffer((lanes,), "int16")
                 hi16 = T.alloc_buffer((lanes,), "int16")
-                acc[T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
-                for pl, c in T.grid(planes, pairs // chunk):
+                for obi in range(blocks):
+                    acc[obi, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
+                # K tiles: the tables of one tile stay in L1 while every row block of this thread reads them
+                for kt, obi, pl, c in T.grid(pairs // tile, blocks, planes, tile // chunk):
                     lo16[T.ramp(0, 1, lanes)] = T.broadcast(T.int16(0), lanes)
                     hi16[T.ramp(0, 1, lanes)] = T.broadcast(T.int16(0), lanes)
                     for gi in range(chunk):
-                        gp = c * chunk + gi
-                        b = w.vload([ob, pl * pairs + gp, 0], u8)
+                        gp = kt * tile + c * chunk + gi
+                        b = w.vload([obo * blocks + obi, pl * pairs + gp, 0], u8)
                         ia = b & T.broadcast(T.uint8(15), lanes)
                         ib = b >> T.broadcast(T.uint8(4), lanes)
                         la = T.call_llvm_pure_intrin(i8, intrin, lo.vload([i, 2 * gp, 0], i8), ia)
@@ -93,11 +115,25 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1) -> 
                         hb = T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp + 1, 0], i8), ib)
                         lo16[T.ramp(0, 1, lanes)] = lo16[T.ramp(0, 1, lanes)] + T.Cast(i16, la) + T.Cast(i16, lb)
                         hi16[T.ramp(0, 1, lanes)] = hi16[T.ramp(0, 1, lanes)] + T.Cast(i16, ha) + T.Cast(i16, hb)
-                    acc[T.ramp(0, 1, lanes)] = (acc[T.ramp(0, 1, lanes)] + T.Cast(i32, lo16[T.ramp(0, 1, lanes)])
-                                                + T.Cast(i32, hi16[T.ramp(0, 1, lanes)]) * T.broadcast(256, lanes))
-                # undo the -128 bias of the low bytes: one per group
-                total = acc[T.ramp(0, 1, lanes)] + T.broadcast(T.int32(128 * groups * planes), lanes)
-                y[i, T.ramp(ob * lanes, 1, lanes)] = T.Cast(f32, total) * T.broadcast(
-                    scale[i] / T.float32(32767 * planes), lanes)
+                    acc[obi, T.ramp(0, 1, lanes)] = (acc[obi, T.ramp(0, 1, lanes)]
+                                                     + T.Cast(i32, lo16[T.ramp(0, 1, lanes)])
+                                                     + T.Cast(i32, hi16[T.ramp(0, 1, lanes)]) * T.broadcast(256, lanes))
+                for obi in range(blocks):
+                    ob = obo * blocks + obi
+                    # undo the -128 bias of the low bytes: one per group
+                    total = acc[obi, T.ramp(0, 1, lanes)] + T.broadcast(T.int32(128 * groups * planes), lanes)
+                    out = T.Cast(f32, total) * T.broadcast(scale[i] / T.float32(32767 * planes), lanes)
+                    if fused.post:
+                        out = out * post[T.ramp(ob * lanes, 1, lanes)]
+                    if fused.add:
+                        out = out + add[i, T.ramp(ob * lanes, 1, lanes)]
+                    y[i, T.ramp(ob * lanes, 1, lanes)] = out
 
-    return kernel.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+    return _drop_unused(kernel, fused).with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+
+
+def _drop_unused(func: tirx.PrimFunc, fused: Fused) -> tirx.PrimFunc:
+    """The kernel is written with every extra buffer; keep only those `fused` uses (x, w, extras, y)."""
+    used = [True, True, fused.pre, fused.post, fused.add, True]
+    params = [p for p, keep in zip(func.params, used, strict=True) if keep]
+    return tirx.PrimFunc(params, func.body, func.ret_type, func.attrs)

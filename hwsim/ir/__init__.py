@@ -3,9 +3,9 @@
 from hwsim.ir.dtypes import DType
 from hwsim.ir.graph import Graph, Layer, Node, TensorType, Value
 from hwsim.ir.infer import infer
-from hwsim.ir.ops import OP_DEFS, Op, OpGroup
+from hwsim.ir.ops import OP_DEFS, Op, OpGroup, accumulate_inputs
 from hwsim.ir.printer import print_graph
 from hwsim.ir.verify import verify
 
-__all__ = ["OP_DEFS", "DType", "Graph", "Layer", "Node", "Op", "OpGroup", "TensorType", "Value", "infer",
-           "print_graph", "verify"]
+__all__ = ["OP_DEFS", "DType", "Graph", "Layer", "Node", "Op", "OpGroup", "TensorType", "Value", "accumulate_inputs",
+           "infer", "print_graph", "verify"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from hwsim.ir.dtypes import DType
 from hwsim.ir.graph import TensorType
-from hwsim.ir.ops import Op, OpGroup
+from hwsim.ir.ops import Op, OpGroup, accumulate_inputs
 
 Types = list[TensorType]
 Attrs = dict[str, Any]
@@ -179,25 +179,29 @@ def _cumsum(ts: Types, a: Attrs) -> Types:
 
 
 def _accumulate(bits: int) -> Callable[[Types, Attrs], Types]:
-    """x [..., K] and packed weights [N, ceil(K * bits / 8)] uint8 -> [..., N] in x's dtype."""
+    """x [..., K] and packed weights [N, ceil(K * bits / 8)] uint8 -> [..., N] in x's dtype; the optional
+    addend has exactly that type."""
     def rule(ts: Types, a: Attrs) -> Types:
-        x, packed, *scales = ts
-        k = a["k"]
+        roles = accumulate_inputs(a)
+        if len(ts) != len(roles):
+            raise TypeError(f"{len(ts)} inputs do not match the pre/post/add attributes ({', '.join(roles)})")
+        t = dict(zip(roles, ts, strict=True))
+        x, packed, k = t["x"], t["packed"], a["k"]
         if not x.dtype.is_float or not x.rank or x.shape[-1] != k:
             raise TypeError(f"x {x} does not end in K={k}")
         if packed.dtype is not DType.UINT8 or packed.rank != 2 or packed.shape[1] != -(-k * bits // 8):
             raise TypeError(f"packed weights {packed} do not hold K={k} at {bits} bit(s) per weight")
         n = packed.shape[0]
-        want = ([(k,)] if a["pre"] else []) + ([(n,), (1,), ()] if a["post"] else [])
-        if len(scales) != int(a["pre"]) + int(a["post"]):
-            raise TypeError("scale inputs do not match the pre/post attributes")
-        if a["pre"] and scales[0].shape != (k,):
-            raise TypeError(f"pre-scale {scales[0]} is not [K={k}]")
-        if a["post"] and scales[-1].shape not in want[-3:]:
-            raise TypeError(f"post-scale {scales[-1]} is not [N={n}] or a scalar")
-        if any(not s.dtype.is_float for s in scales):
+        if "pre" in t and t["pre"].shape != (k,):
+            raise TypeError(f"pre-scale {t['pre']} is not [K={k}]")
+        if "post" in t and t["post"].shape not in ((n,), (1,), ()):
+            raise TypeError(f"post-scale {t['post']} is not [N={n}] or a scalar")
+        if any(not t[s].dtype.is_float for s in ("pre", "post") if s in t):
             raise TypeError("scales must be float")
-        return [TensorType((*x.shape[:-1], n), x.dtype)]
+        out = TensorType((*x.shape[:-1], n), x.dtype)
+        if "add" in t and t["add"] != out:
+            raise TypeError(f"addend {t['add']} is not {out}")
+        return [out]
     return rule
 
 

@@ -115,9 +115,9 @@ def _defs() -> dict[Op, OpDef]:
     d[Op.LAYER_NORM] = OpDef(2, 3, frozenset({"axis", "epsilon"}))
     for op in OpGroup.REDUCE:
         d[op] = OpDef(1, 1, frozenset({"axes", "keepdims"}))
-    # inputs: x, packed, [pre_scale [K]], [post_scale [N] or []]; attrs say which scales are present
+    # inputs: x, packed, [pre_scale [K]], [post_scale [N] or []], [addend [..., N]]; attrs say which are present
     for op in OpGroup.ACCUMULATE:
-        d[op] = OpDef(2, 4, frozenset({"k", "pre", "post"}))
+        d[op] = OpDef(2, 5, frozenset({"k", "pre", "post"}), frozenset({"add"}))
     d[Op.RESHAPE] = OpDef(1, 1, frozenset({"shape"}))
     d[Op.TRANSPOSE] = OpDef(1, 1, frozenset({"perm"}))
     d[Op.CONCAT] = OpDef(1, 1 << 16, frozenset({"axis"}))
@@ -135,3 +135,9 @@ def _defs() -> dict[Op, OpDef]:
 
 
 OP_DEFS: dict[Op, OpDef] = _defs()
+
+
+def accumulate_inputs(attrs: dict) -> tuple[str, ...]:
+    """The roles of an accumulate node's inputs, in order: x, packed, then whichever of the pre-scale, the
+    post-scale and the fused addend its attributes say are present."""
+    return ("x", "packed", *(k for k in ("pre", "post", "add") if attrs.get(k)))
