@@ -5,7 +5,7 @@ prints a table, writes JSON. Needs an NVIDIA GPU; without one it says so and exi
 Baselines, measured in the same run: torch fp16 `linear` where the installed torch has CUDA (the project pins
 a CPU torch, so on most machines it has not, and the JSON says so), and TVM's own dense fp16 matmul (dlight).
 
-    .venv/bin/python bench/gpu.py [--target nvidia-h100] [--rounds 7] [--out bench/results/gpu.json]
+    .venv/bin/python bench/gpu.py [--target nvidia-h100] [--rounds 7] [--out bench/results/gpu.json] [--build-only]
 """
 
 import argparse
@@ -18,14 +18,14 @@ import numpy as np
 from kernels import interleaved, prefill_graphs
 
 
-def tvm_gpu_kernel(m: int, n: int, k: int, bits: int | None, target) -> Callable[[], float]:
-    """One kernel as hwsim builds it for CUDA: decode + matmul scheduled by dlight (bits 1 or 2), or a dense
-    fp16 matmul (bits None). Checked against numpy once; returns a measurement."""
+def build_kernel(m: int, n: int, k: int, bits: int | None, target) -> tuple:
+    """One kernel as hwsim builds it for CUDA (bits 1 or 2: the word GEMV for decode, decode + matmul scheduled
+    by dlight for prefill), or a dense fp16 matmul (bits None): (library, inputs, numpy reference)."""
     import tvm
     from tvm import te
     from tvm.s_tir import dlight as dl
 
-    from codegen.kernels.gpu import decode_matmul
+    from codegen.kernels import choose_accumulate
     from models.formats.packing import pack_i2, pack_signs
 
     rng = np.random.default_rng(0)
@@ -39,12 +39,21 @@ def tvm_gpu_kernel(m: int, n: int, k: int, bits: int | None, target) -> Callable
         inputs, ref = [x.astype(np.float16), w], x.astype(np.float16).astype(np.float32) @ w.T.astype(np.float32)
     else:
         w = rng.choice([-1, 1], (n, k)) if bits == 1 else rng.integers(-1, 2, (n, k))
-        func = decode_matmul(m, n, k, "main", bits)
-        inputs, ref = [x, pack_signs(w) if bits == 1 else pack_i2(w)], x @ w.T.astype(np.float32)
+        packed = pack_signs(w) if bits == 1 else pack_i2(w)
+        kernel = choose_accumulate(bits, m, n, k, target, packed)
+        func = kernel.func
+        inputs, ref = [x, kernel.relayout(packed) if kernel.relayout else packed], x @ w.T.astype(np.float32)
     with target:
         mod = dl.ApplyDefaultSchedule(dl.gpu.GEMV(), dl.gpu.Matmul(), dl.gpu.Fallback())(
             tvm.IRModule({"main": func.with_attr("global_symbol", "main")}))
-    lib = tvm.tirx.build(mod, target=target)
+    return tvm.tirx.build(mod, target=target), inputs, ref
+
+
+def tvm_gpu_kernel(m: int, n: int, k: int, bits: int | None, target) -> Callable[[], float]:
+    """build_kernel's kernel on the GPU, checked against numpy once; returns a measurement."""
+    import tvm
+
+    lib, inputs, ref = build_kernel(m, n, k, bits, target)
     dev = tvm.cuda(0)
     args = [tvm.runtime.tensor(a, dev) for a in (*inputs, np.zeros((m, n), np.float32))]
     lib["main"](*args)
@@ -76,20 +85,35 @@ def torch_fp16(m: int, n: int, k: int) -> Callable[[], float] | str:
     return measure
 
 
+def prefill_builds(tokens: int, d: int, r: int, target) -> dict:
+    """Each prefill graph (bench/kernels.py), through hwsim's passes, built for CUDA."""
+    from codegen import cuda
+    from codegen.relax_lower import to_relax
+    from hwsim.passes import DEFAULT_PIPELINE, run_pipeline
+
+    out = {}
+    for name, graph in prefill_graphs(tokens, d, r, base_dtype="float16").items():
+        run_pipeline(graph, DEFAULT_PIPELINE)
+        out[name] = (graph, cuda.build(to_relax(graph, target), target))
+    return out
+
+
 def prefill_cases(tokens: int, d: int, r: int, target) -> dict[str, Callable[[], float]]:
     import tvm
 
     from codegen import cuda
-    from codegen.relax_lower import to_relax
 
     rng = np.random.default_rng(1)
     xs, base_out = (rng.standard_normal((tokens, d)).astype(np.float32) for _ in range(2))
     out = {}
-    for name, graph in prefill_graphs(tokens, d, r, base_dtype="float16").items():
-        vm = tvm.relax.VirtualMachine(cuda.build(to_relax(graph, target), target), tvm.cuda(0))
+    for name, (graph, ex) in prefill_builds(tokens, d, r, target).items():
+        vm = tvm.relax.VirtualMachine(ex, tvm.cuda(0))
         inputs = [xs, base_out][:len(graph.inputs)]
         out[name] = lambda vm=vm, inputs=inputs: float(np.median(cuda.time_ms(vm, inputs, repeat=20)))
     return out
+
+
+SHAPES = ((1, 4096, 4096), (1, 11008, 4096), (128, 4096, 4096), (128, 11008, 4096))
 
 
 def main() -> None:
@@ -97,17 +121,27 @@ def main() -> None:
     p.add_argument("--target", default="nvidia-h100", help="GPU target whose arch the kernels are built for")
     p.add_argument("--rounds", type=int, default=7, help="interleaved rounds; each figure is their median")
     p.add_argument("--out", type=Path, default=Path("bench/results/gpu.json"))
+    p.add_argument("--build-only", action="store_true",
+                   help="build every kernel and prefill graph for the target and stop: no GPU needed, nothing timed")
     args = p.parse_args()
     from codegen import cuda
     from targets import load_target
 
-    if not cuda.has_gpu():
-        print("bench/gpu.py needs an NVIDIA GPU visible to TVM; none here, so no figures", file=sys.stderr)
-        raise SystemExit(2)
     cuda.require_nvcc()
     target = cuda.tvm_target(load_target(args.target))
+    if args.build_only:
+        for m, n, k in SHAPES:
+            for bits in (1, 2, None):
+                build_kernel(m, n, k, bits, target)
+        built = prefill_builds(128, 4096, 16, target)
+        print(f"built {3 * len(SHAPES)} kernels and {len(built)} prefill graphs for {args.target}; nothing measured")
+        return
+    if not cuda.has_gpu():
+        print("bench/gpu.py needs an NVIDIA GPU visible to TVM; none here, so no figures "
+              "(--build-only checks that everything builds)", file=sys.stderr)
+        raise SystemExit(2)
     rows = []
-    for m, n, k in ((1, 4096, 4096), (1, 11008, 4096), (128, 4096, 4096), (128, 11008, 4096)):
+    for m, n, k in SHAPES:
         cases = {"sign_ms": tvm_gpu_kernel(m, n, k, 1, target), "ternary_ms": tvm_gpu_kernel(m, n, k, 2, target),
                  "tvm_fp16_dense_ms": tvm_gpu_kernel(m, n, k, None, target)}
         torch_case = torch_fp16(m, n, k)

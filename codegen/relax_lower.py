@@ -141,7 +141,7 @@ def _accumulate_kernel(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVa
     h = bb.normalize(_reshape(_f32(e["x"], v["x"]), shape, [rows, k]))
     if extras["pre"] is not None and not kernel.fused.pre:
         h = R.multiply(h, extras["pre"])
-    w = relax.const(kernel.relayout(weights), "uint8") if kernel.relayout else e["packed"]
+    w = relax.const(kernel.relayout(weights)) if kernel.relayout else e["packed"]
     args = [h, w, *(extras[name] for name in ("pre", "post", "add") if getattr(kernel.fused, name))]
     y = relax.call_tir(kernels[kernel.name], args, relax.TensorType((rows, outs), "float32"))
     if extras["post"] is not None and not kernel.fused.post:

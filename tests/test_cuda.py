@@ -54,7 +54,8 @@ def test_tiny_llama_variant_builds_for_every_cuda_arch(adapter_format: str, base
 
 
 def test_batch_one_builds_with_warp_reductions(tmp_path: Path) -> None:
-    """Decode (one token): the packed kernels take the warp-per-row GEMV schedule, not dlight's Matmul."""
+    """Decode (one token): the packed kernels take the warp-per-row word GEMV (uint32 weight words, float4
+    activation loads, warp-shuffle reduction), not dlight's Matmul."""
     export("tiny-llama", "lordba", "ternary", tmp_path / "m.onnx")
     m = compile_model(str(tmp_path / "m.onnx"), target="nvidia-h100", shapes={"input_ids": (1, 1)},
                       out=tmp_path / "o").manifest
@@ -62,8 +63,36 @@ def test_batch_one_builds_with_warp_reductions(tmp_path: Path) -> None:
     source = (tmp_path / "o" / "model.cu").read_text()
     assert m["kernels"]
     for name in m["kernels"]:  # the definition, not the forward declaration
-        body = re.search(rf"{name}_kernel\([^)]*\) {{(.*?)\n}}\n", source, flags=re.S)
-        assert body and "__shfl_down_sync" in body.group(1), name
+        body = re.search(rf"{name}_kernel\(([^)]*)\) {{(.*?)\n}}\n", source, flags=re.S)
+        assert body and "__shfl_down_sync" in body.group(2), name
+        bits, k = (1 if name.startswith("sign") else 2), int(name.rsplit("x", 1)[1])
+        words = k % (32 // bits) == 0  # else (LoRDBA's rank-16 sign up-projection) the byte-wise GEMV
+        assert ("_words_" in name) == words, name
+        assert not words or ("uint* __restrict__ words_ptr" in body.group(1)
+                             and "*(float4*)(x_local_ptr" in body.group(2)), name
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("m, n, k, pre", [(1, 8, 64, False), (2, 12, 96, True), (1, 4, 2048, True)])
+def test_word_gemv_computes_the_accumulation(bits: int, m: int, n: int, k: int, pre: bool) -> None:
+    """The GEMV's computation over re-laid-out words, built unscheduled for the CPU, against numpy (the CUDA
+    schedule itself only reorders it; running that needs a GPU)."""
+    import tvm
+    from tvm import te
+
+    from codegen.kernels import Fused
+    from codegen.kernels.gpu import gemv_te, word_layout
+    from models.formats.packing import pack_i2, pack_signs
+
+    rng = np.random.default_rng(k)
+    w = rng.choice([-1, 1], (n, k)) if bits == 1 else rng.integers(-1, 2, (n, k))
+    x, scale = rng.standard_normal((m, k)).astype(np.float32), rng.random(k).astype(np.float32)
+    words = word_layout(pack_signs(w) if bits == 1 else pack_i2(w))
+    assert words.dtype == np.uint32 and words.shape == (n, k * bits // 32)
+    lib = tvm.tirx.build(te.create_prim_func(gemv_te(m, n, k, bits, Fused(pre=pre))), target="llvm")
+    args = [tvm.runtime.tensor(a) for a in (x, words, *([scale] if pre else []), np.zeros((m, n), np.float32))]
+    lib(*args)
+    np.testing.assert_allclose(args[-1].numpy(), (x * scale if pre else x) @ w.T, rtol=1e-5, atol=1e-4)
 
 
 def test_cli_compiles_for_a_gpu_without_one(tmp_path: Path) -> None:

@@ -5,7 +5,8 @@
   shuffle width and at least LUT_MIN_ROWS, K a multiple of 8. Signs, and trits as two sign planes.
 - `unpack` (codegen/kernels/unpack.py): a blocked fp32 GEMM decoding +-1/0 weight panels on the fly, for
   prefill (many rows), where the decode amortises over the rows and the FMA units run at full rate.
-- `decode` (codegen/kernels/gpu.py): on CUDA targets, decode + matmul scheduled by TVM's dlight GPU rules.
+- `words` / `decode` (codegen/kernels/gpu.py): on CUDA targets, a warp-per-row GEMV over 32-bit words of
+  packed weights (decode, constant weights), else decode + matmul (prefill: scheduled by TVM's dlight rules).
 - `select` (codegen/kernels/accumulate.py): per-weight add/subtract/skip, any CPU, any N; K must fill
   whole bytes.
 
@@ -80,9 +81,12 @@ def choose_accumulate(bits: int, m: int, n: int, k: int, target: tvm.target.Targ
         return f"{kind}_accumulate_{algorithm}{fused.suffix}_{m}x{n}x{k}"
 
     if target is not None and target.kind.name == "cuda":
-        from codegen.kernels.gpu import decode_matmul, gpu_fusable
+        from codegen.kernels.gpu import GEMV_MAX_ROWS, decode_gemv, decode_matmul, gpu_fusable, word_layout
 
         fused = gpu_fusable(m, fused)
+        if m < GEMV_MAX_ROWS and weights is not None and k % (32 // bits) == 0:
+            name = named("words")
+            return Kernel(name, "words", decode_gemv(m, n, k, name, bits, fused), word_layout, fused)
         return Kernel(named("decode"), "decode", decode_matmul(m, n, k, named("decode"), bits, fused), None, fused)
     isa = next((i for i in shuffle_isas(target) if lut_fits(n, k, i)), None)
     lut = isa is not None and weights is not None and n >= LUT_MIN_ROWS
