@@ -119,8 +119,10 @@ def compile_model(model: str | None = None, *, target: str = "host",
     step = progress or (lambda _msg: None)
     step("resolving model")
     spec = load_target(target)
-    if spec.tvm.mtriple:
+    if spec.tvm is not None and spec.tvm.mtriple:
         toolchain.require_tools()
+    if spec.kind == "accel" and rpc:
+        raise HwsimError(f"--rpc measures CPU targets; {spec.name} is a simulated accelerator")
     if spec.kind == "gpu":
         cuda.require_nvcc()
         if rpc:
@@ -158,10 +160,10 @@ def compile_model(model: str | None = None, *, target: str = "host",
 def _cached_manifest(out_dir: Path, key: str) -> dict[str, Any] | None:
     try:
         manifest = json.loads((out_dir / "manifest.json").read_text())
-        library = out_dir / manifest["artifacts"]["library"]["file"]
+        files = [out_dir / a["file"] for a in manifest["artifacts"].values()]
     except (OSError, ValueError, KeyError, TypeError):  # no manifest, or not one of ours
         return None
-    return manifest if manifest.get("cache_key") == key and library.is_file() else None
+    return manifest if manifest.get("cache_key") == key and all(f.is_file() for f in files) else None
 
 
 def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | None, tmp: Path, *,
@@ -182,6 +184,8 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     graph = timed("importing ONNX into the IR", lambda: import_graph(src, shapes))
     ir_text = print_graph(graph)
     (tmp / "ir.txt").write_text(ir_text)
+    if spec.kind == "accel":
+        return _build_accel(src, graph, ir_text, spec, tmp, seed, rtol, timings, timed)
     tvm_target = cuda.tvm_target(spec) if spec.kind == "gpu" else host.tvm_target(spec)
     mod = timed("lowering to Relax", lambda: to_relax(graph, tvm_target))
     lib = tmp / "model.so"
@@ -285,24 +289,46 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     return manifest
 
 
-def _manifest(graph: Graph, ir_text: str, mod: Any, lib: Path, spec: Target, tvm_target: Any,
-              timings: dict[str, float]) -> dict[str, Any]:
-    """What every build's manifest says: target, tools, inputs, memory, kernels, IR and artifacts."""
+def _common(graph: Graph, ir_text: str, timings: dict[str, float]) -> dict[str, Any]:
+    """What every build's manifest says: tools, inputs, memory, IR."""
     return {
         "schema": MANIFEST_SCHEMA,
-        "target": {"name": spec.name, "kind": spec.kind, "tvm": str(tvm_target)},
         "tools": tool_versions(),
         "inputs": [{"name": v.name, "shape": list(v.type.shape), "dtype": v.type.dtype.value}
                    for v in graph.inputs],
         "memory": asdict(memory_report(graph)),
-        "kernels": sorted(gv.name_hint for gv in mod.functions if "_accumulate_" in gv.name_hint),
         "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text), "nodes": len(graph.nodes),
                "ops": dict(sorted(Counter(n.op.name for n in graph.nodes).items())),
                "param_bytes": graph.param_bytes()},
-        "artifacts": {"library": {"file": lib.name, "sha256": sha256_file(lib)},
-                      "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text)}},
         "compile_seconds": timings,
     }
+
+
+def _manifest(graph: Graph, ir_text: str, mod: Any, lib: Path, spec: Target, tvm_target: Any,
+              timings: dict[str, float]) -> dict[str, Any]:
+    """A TVM build's manifest: the common part, the TVM target, the packed kernels and the library."""
+    return {
+        **_common(graph, ir_text, timings),
+        "target": {"name": spec.name, "kind": spec.kind, "tvm": str(tvm_target)},
+        "kernels": sorted(gv.name_hint for gv in mod.functions if "_accumulate_" in gv.name_hint),
+        "artifacts": {"library": {"file": lib.name, "sha256": sha256_file(lib)},
+                      "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text)}},
+    }
+
+
+def _build_accel(src: ModelSource, graph: Graph, ir_text: str, spec: Target, tmp: Path, seed: int, rtol: float,
+                 timings: dict[str, float], timed: Callable[[str, Callable[[], Any]], Any]) -> dict[str, Any]:
+    """An accelerator target: the program, its simulation and its functional check (hwsim/accel/build.py)."""
+    from hwsim.accel.build import build_accel
+
+    inputs = random_inputs(graph, seed)
+    session = onnxruntime_session(src.path, os.cpu_count() or 1)
+    reference = run_onnxruntime(session, [v.name for v in graph.inputs], inputs)
+    parts = build_accel(graph, spec, tmp, inputs, reference, [o.name for o in session.get_outputs()], seed, rtol,
+                        timed)
+    manifest = {**_common(graph, ir_text, timings), **parts}
+    manifest["artifacts"]["ir"] = {"file": "ir.txt", "sha256": sha256_text(ir_text)}
+    return manifest
 
 
 def _unverified_gpu_manifest(graph: Graph, ir_text: str, mod: Any, lib: Path, spec: Target, tvm_target: Any,

@@ -88,6 +88,10 @@ def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | 
     PTX and cubin for the target's arch (no GPU needed). With a GPU present the model is also run, verified
     and timed on it; without one, the latency is a roofline estimate from the target's figures, marked
     `estimated`, and nothing is claimed verified.
+
+    Accelerator targets (sacc-32x32, systolic-fp16-32x32) are lowered to an instruction stream (program.txt
+    and program.bin), simulated cycle by cycle (latency, utilisation, stalls, bytes and energy per layer, all
+    marked `simulated`) and run functionally in the simulated order, which must match onnxruntime.
     """
     from hwsim.api import compile_model
 
@@ -110,38 +114,53 @@ def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | 
         console.print(f"not verified: {m['verification']['not_run']}", highlight=False)
     else:
         console.print(table)
-    lat = m["latency"]
+    for line in _summary(m, result.out_dir):
+        console.print(line, highlight=False)
+
+
+def _summary(m: dict, out_dir: Path) -> list[str]:
+    """The latency lines (each with its provenance) and where the artifacts are."""
+    lat, lines = m["latency"], []
     if "emulation" in m:
-        console.print(f"verified under qemu-aarch64 ({m['emulation']['note'].split(': ', 1)[1]})", highlight=False)
+        lines.append(f"verified under qemu-aarch64 ({m['emulation']['note'].split(': ', 1)[1]})")
     if "tvm" in lat:
         line = f"latency (measured, {lat['tvm']['device']}): TVM {lat['tvm']['median_ms']:.3f} ms"
         if "onnxruntime" in lat:
             line += f", onnxruntime {lat['onnxruntime']['median_ms']:.3f} ms"
-        console.print(line + " (median)", highlight=False)
+        lines.append(line + " (median)")
+    elif "simulated" in lat:
+        sim = m["simulation"]
+        util = ", ".join(f"{k} {100 * v:.1f}%" for k, v in sim["utilisation"].items())
+        lines.append(f"latency (simulated, {sim['model']}): {sim['latency_ms']:.4f} ms = {sim['cycles']} cycles at "
+                     f"{sim['clock_mhz']:g} MHz; energy {sim['energy_uj']:.1f} uJ; array utilisation {util}; "
+                     f"simulated in {sim['simulator_seconds']:.2f} s")
     elif m["target"]["kind"] == "gpu":
-        console.print("latency: not measured (no GPU here)", highlight=False)
+        lines.append("latency: not measured (no GPU here)")
     else:
-        console.print("latency: not measured (no device for this target here; pass --rpc HOST:PORT of a board)",
-                      highlight=False)
+        lines.append("latency: not measured (no device for this target here; pass --rpc HOST:PORT of a board)")
     if "roofline" in lat:
         est = lat["roofline"]
         line = (f"latency (estimated, {est['model']}): {est['median_ms']:.3f} ms "
                 f"({est['kernels_ms']:.3f} ms kernels + {est['launches']} launches)")
         if "measured_over_estimated" in lat:
             line += f"; measured / estimated = {lat['measured_over_estimated']:.2f}"
-        console.print(line, highlight=False)
+        lines.append(line)
     if "estimates" in m:
         est = m["estimates"]["loops"]
         worst = max(est["loops"], key=lambda r: r["cycles_per_iteration"], default=None)
         if worst:
-            console.print(f"estimated ({est['model']}): {len(est['loops'])} kernels' inner loops, heaviest "
-                          f"{worst['cycles_per_iteration']} cycles/iteration in {worst['function']}", highlight=False)
-    verified = "artifact" if m["verification"]["passed"] is None else "verified artifact"
-    console.print(f"{verified}: {result.out_dir / m['artifacts']['library']['file']}", highlight=False)
-    if "ptx" in m["artifacts"]:
-        console.print(f"CUDA source, PTX and cubin for {m['target']['arch']}: "
-                      f"{', '.join(m['artifacts'][k]['file'] for k in ('cuda_source', 'ptx', 'cubin'))}",
-                      highlight=False)
+            lines.append(f"estimated ({est['model']}): {len(est['loops'])} kernels' inner loops, heaviest "
+                         f"{worst['cycles_per_iteration']} cycles/iteration in {worst['function']}")
+    arts = m["artifacts"]
+    if "program" in arts:
+        lines.append(f"verified program: {out_dir / arts['program']['file']} (text: {arts['program_text']['file']})")
+    else:
+        verified = "artifact" if m["verification"]["passed"] is None else "verified artifact"
+        lines.append(f"{verified}: {out_dir / arts['library']['file']}")
+    if "ptx" in arts:
+        lines.append(f"CUDA source, PTX and cubin for {m['target']['arch']}: "
+                     f"{', '.join(arts[k]['file'] for k in ('cuda_source', 'ptx', 'cubin'))}")
+    return lines
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""Roofline latency estimates for targets nothing here can run on (a GPU when none is present).
+"""Roofline latency estimates for targets nothing here can run on (a GPU when none is present), and for the
+host CPU of an accelerator (the ops the accelerator lacks).
 
 Each IR node costs max(bytes moved / DRAM bandwidth, ops / peak rate); the model adds one launch overhead
 per kernel the build actually launches. Assumptions, stated in the result: every node reads its inputs and
@@ -40,6 +41,20 @@ def node_ops(n: Node) -> int:
 
 def node_bytes(n: Node) -> int:
     return sum(v.type.nbytes for v in n.inputs) + sum(v.type.nbytes for v in n.outputs)
+
+
+def cpu_node_seconds(n: Node, spec: Target) -> float:
+    """One IR node on a CPU target, all its cores: max(bytes / DRAM bandwidth, ops / peak fp32 FMA rate)."""
+    cpu = spec.cpu
+    if cpu is None:
+        raise ValueError(f"{spec.name} is not a CPU target")
+    peak = (spec.tvm.num_cores or 1) * cpu.fma_pipes * (cpu.vector_bits // 32) * 2 * cpu.clock_ghz * 1e9
+    return max(node_bytes(n) / (cpu.dram_bandwidth_gbs * 1e9), node_ops(n) / peak)
+
+
+def cpu_node_pj(n: Node, spec: Target) -> float:
+    """Energy of one IR node on a CPU target: an fp32 FMA per two ops, and every byte through DRAM."""
+    return node_ops(n) / 2 * spec.energy.fp32_fma_pj + node_bytes(n) * spec.energy.dram_pj_per_byte
 
 
 def estimate_gpu(graph: Graph, spec: Target, launches: int) -> dict:

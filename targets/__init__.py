@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from hwsim.errors import HwsimError
+from targets.accel import AccelSpec, parse_accel
 
 TARGET_DIR = Path(__file__).parent
-KINDS = ("cpu", "gpu")
+KINDS = ("cpu", "gpu", "accel")
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,18 @@ class EnergySpec:
 
 @dataclass(frozen=True)
 class Target:
+    """A target file: CPUs and GPUs have a TVM target and an energy table of that shape; an accelerator
+    (kind "accel") has its own description (targets/accel.py), energy table included."""
+
     name: str
     kind: str
     description: str
-    tvm: TvmTarget
+    tvm: TvmTarget | None
     cpu: CpuSpec | None
     gpu: GpuSpec | None
-    energy: EnergySpec
+    energy: EnergySpec | None
     source: Path
+    accel: AccelSpec | None = None
 
 
 def _numbers(spec: type) -> dict[str, tuple[type, bool]]:
@@ -132,6 +137,14 @@ def load_target_file(path: Path) -> Target:
     kind = data.get("kind")
     if kind not in KINDS:
         raise HwsimError(f"{path}: key 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "accel":
+        accel = parse_accel(data, path, _check)
+        host = load_target(accel.host) if accel.host in known_targets() else None
+        if host is None or host.kind != "cpu":
+            raise HwsimError(f"{path}: key 'host' must name a CPU target (known: "
+                             f"{', '.join(t for t in known_targets() if t != path.stem)}), got {accel.host!r}")
+        return Target(name=data["name"], kind=kind, description=data["description"], tvm=None, cpu=None, gpu=None,
+                      energy=None, source=path, accel=accel)
     sections = _SECTIONS[kind]
     _check(data, sections[""], "", path)
     for section, schema in sections.items():

@@ -40,15 +40,19 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def test_builtin_targets_load() -> None:
-    assert {"host", "cortex-a76", "cortex-a55", "cortex-a72", "nvidia-h100", "nvidia-a100",
-            "jetson-orin"} <= set(known_targets())
+    assert {"host", "cortex-a76", "cortex-a55", "cortex-a72", "nvidia-h100", "nvidia-a100", "jetson-orin",
+            "sacc-32x32", "systolic-fp16-32x32"} <= set(known_targets())
     for name in known_targets():
         t = load_target(name)
-        assert t.name == name and t.energy.fp32_fma_pj > 0
+        assert t.name == name
         if t.kind == "cpu":
-            assert t.tvm.kind == "llvm" and t.cpu.clock_ghz > 0 and t.gpu is None
-        else:
+            assert t.tvm.kind == "llvm" and t.cpu.clock_ghz > 0 and t.gpu is None and t.energy.fp32_fma_pj > 0
+        elif t.kind == "gpu":
             assert t.tvm.kind == "cuda" and t.gpu.sm_count > 0 and t.gpu.dram_bandwidth_gbs > 0 and t.cpu is None
+            assert t.energy.fp32_fma_pj > 0
+        else:
+            assert t.kind == "accel" and t.accel.arrays and t.accel.energy.dram_read_pj_per_byte > 0
+            assert load_target(t.accel.host).kind == "cpu"
     assert {load_target(n).tvm.arch for n in ("nvidia-a100", "jetson-orin", "nvidia-h100")} == {"sm_80", "sm_87",
                                                                                                 "sm_90"}
     a76 = load_target("cortex-a76")

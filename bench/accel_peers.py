@@ -1,0 +1,133 @@
+"""The accelerator model against its peers on dense GEMMs: compute cycles against SCALE-Sim 3.0.0 and energy
+against ZigZag 3.9.1, each on a configuration matching theirs, with both tools' wall times. Not a test:
+prints tables, writes JSON.
+
+- SCALE-Sim: a 32x32 array, output- and weight-stationary, 64/64/64 KB SRAM, 32 words/cycle; hwsim gets the
+  same array, dataflow and bandwidth, int8 operands (SCALE-Sim's word is one byte) and the same buffer sizes
+  in words (its fp32 accumulator holds 64 Ki words). Compared: compute cycles (SCALE-Sim's total minus its
+  stalls; hwsim's busy cycles of the array). SCALE-Sim is cycle-by-cycle Python and takes minutes to hours
+  on the large GEMMs (shared/notes/accelerator.md section 1); a GEMM of more than --max-cycles compute
+  cycles runs on a column slice instead (its folds are identical and independent in both dataflows), and the
+  row says so and by what factor its cycles and its time were scaled (the time is a lower bound: SCALE-Sim's
+  cost grows faster than linearly). hwsim always simulates the full GEMM.
+- ZigZag: tpu_like.yaml (32x32 weight-stationary, int8, DRAM 64 bits/cycle) with its mapping, opt=latency;
+  hwsim gets the same array and an energy table converted from that file's per-access costs.
+
+    .venv/bin/python bench/accel_peers.py [--max-cycles 40000] [--out bench/results/accel_peers.json]
+"""
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from hwsim.accel.peers import COLS, ROWS, ZIGZAG_ENERGY, accel_toml, hwsim_gemm, scalesim_gemm, zigzag_gemm
+
+# (M, K, N): rows of activations, reduction, output columns
+SHAPES = [(1, 768, 768), (16, 768, 768), (128, 768, 768), (512, 768, 768), (1, 4096, 4096), (16, 4096, 4096),
+          (128, 4096, 4096), (512, 4096, 4096), (512, 16, 4096), (512, 4096, 16), (128, 4096, 11008),
+          (1, 11008, 4096)]
+ZIGZAG_SHAPES = [(1, 768, 768), (16, 768, 768), (128, 768, 768), (1, 4096, 4096), (128, 4096, 4096),
+                 (512, 4096, 4096)]
+SRAM_KB = 64
+BANDWIDTH = 32  # words (bytes) per cycle
+
+def folds(m: int, k: int, n: int, df: str) -> int:
+    return math.ceil(m / ROWS) * math.ceil(n / COLS) if df == "os" else math.ceil(k / ROWS) * math.ceil(n / COLS)
+
+
+def scalesim_sliced(m: int, k: int, n: int, df: str, max_cycles: int, timeout: float) -> dict:
+    """SCALE-Sim on the full GEMM if it is at most `max_cycles` compute cycles, else on an N slice (whole
+    column folds, down to one) of about that size, its cycles scaled by the ratio of folds."""
+    per_fold = k + ROWS + COLS - 2 if df == "os" else m + 2 * ROWS + COLS - 2
+    slice_n = n
+    while slice_n > COLS and folds(m, k, slice_n, df) * per_fold > max_cycles:
+        slice_n = max(COLS, (slice_n // 2) // COLS * COLS)
+    cmd = [sys.executable, __file__, "--scalesim-one", str(m), str(k), str(slice_n), df]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish in {timeout:.0f} s (N slice {slice_n})"}
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    r = json.loads(done.stdout)
+    factor = folds(m, k, n, df) / folds(m, k, slice_n, df)
+    r["full_run_seconds"] = r["seconds"] * factor  # a lower bound for a slice: its cost grows faster than linearly
+    if factor != 1:
+        r = {**r, **{key: round(r[key] * factor) for key in ("compute_cycles", "total_cycles", "stall_cycles")},
+             "extrapolated": f"ran N={slice_n}, cycles and time x{factor:g} (its folds are identical)"}
+    return r
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--max-cycles", type=int, default=40_000,
+                   help="largest GEMM (compute cycles) SCALE-Sim runs whole; bigger ones run on an N slice")
+    p.add_argument("--timeout", type=float, default=900, help="seconds before a SCALE-Sim run is given up")
+    p.add_argument("--out", type=Path, default=Path("bench/results/accel_peers.json"))
+    p.add_argument("--scalesim-one", nargs=4, metavar=("M", "K", "N", "DF"), help=argparse.SUPPRESS)
+    p.add_argument("--skip-zigzag", action="store_true")
+    args = p.parse_args()
+    if args.scalesim_one:
+        m, k, n, df = args.scalesim_one
+        print(json.dumps(scalesim_gemm(int(m), int(k), int(n), df, SRAM_KB, BANDWIDTH)))
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    rows = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("SCALE-Sim vs hwsim", total=2 * len(SHAPES))
+        for df, dataflow in (("os", "output_stationary"), ("ws", "weight_stationary")):
+            toml = accel_toml(dataflow, SRAM_KB, SRAM_KB, 4 * SRAM_KB, BANDWIDTH, {})
+            for m, k, n in SHAPES:
+                ours, theirs = hwsim_gemm(m, k, n, toml), scalesim_sliced(m, k, n, df, args.max_cycles, args.timeout)
+                row = {"dataflow": df, "shape": f"{m}x{k}x{n}", "hwsim": ours, "scalesim": theirs}
+                if "compute_cycles" in theirs:
+                    row["compute_ratio"] = ours["compute_cycles"] / theirs["compute_cycles"]
+                    row["speedup"] = theirs["full_run_seconds"] / ours["seconds"]
+                rows.append(row)
+                progress.advance(task)
+    table = Table(title=f"compute cycles, {ROWS}x{COLS} array, hwsim vs SCALE-Sim 3.0.0 (int8, {SRAM_KB} KB SRAM, "
+                        f"{BANDWIDTH} words/cycle)")
+    for col in ("df", "M x K x N", "hwsim", "SCALE-Sim", "ratio", "hwsim total", "SCALE-Sim total", "hwsim s",
+                "SCALE-Sim s", "speedup", "note"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        s, o = r["scalesim"], r["hwsim"]
+        table.add_row(r["dataflow"], r["shape"], f"{o['compute_cycles']:,}", f"{s.get('compute_cycles', 0):,}",
+                      f"{r.get('compute_ratio', float('nan')):.4f}", f"{o['total_cycles']:,}",
+                      f"{s.get('total_cycles', 0):,}", f"{o['seconds']:.3f}",
+                      f"{s.get('full_run_seconds', float('nan')):.1f}", f"{r.get('speedup', float('nan')):.0f}x",
+                      s.get("extrapolated", s.get("error", "")))
+    console = Console(width=220)
+    console.print(table)
+    zz = []
+    if not args.skip_zigzag:
+        toml = accel_toml("weight_stationary", 1024, 128, 1024, 8.0, ZIGZAG_ENERGY)
+        for m, k, n in ZIGZAG_SHAPES:
+            ours, theirs = hwsim_gemm(m, k, n, toml), zigzag_gemm(m, k, n)
+            zz.append({"shape": f"{m}x{k}x{n}", "hwsim": ours, "zigzag": theirs,
+                       "energy_ratio": sum(ours["energy_pj"].values()) / theirs["energy_pj"]})
+        table = Table(title="energy (pJ), hwsim vs ZigZag 3.9.1 tpu_like (int8, opt=latency), same per-access table")
+        for col in ("M x K x N", "hwsim", "ZigZag", "ratio", "hwsim MAC", "ZigZag MAC", "hwsim DRAM", "ZigZag DRAM",
+                    "hwsim s", "ZigZag s"):
+            table.add_column(col, justify="right")
+        for r in zz:
+            o, z = r["hwsim"], r["zigzag"]
+            zdram = sum(levels[-1] for levels in z["memory_pj"].values())
+            table.add_row(r["shape"], f"{sum(o['energy_pj'].values()):.4g}", f"{z['energy_pj']:.4g}",
+                          f"{r['energy_ratio']:.3f}", f"{o['energy_pj'].get('array', 0):.4g}", f"{z['mac_pj']:.4g}",
+                          f"{o['energy_pj'].get('dram', 0):.4g}", f"{zdram:.4g}", f"{o['seconds']:.3f}",
+                          f"{z['seconds']:.1f}")
+        console.print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"scalesim": rows, "zigzag": zz}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""An IR graph to an accelerator program: where each node runs, the DRAM layout, and the instruction stream.
+
+Placement, node by node:
+- MATMUL (2-D weights, or batched with equal batch dimensions) on the array that takes its kind (fp16,
+  int8); SIGN/TERNARY_ACCUMULATE on the array that takes sign/ternary, with its pre-scale, post-scale and
+  addend on the vector unit around the tiles. Tiled by TIR (codegen/accel/tir.py) to the buffers.
+- Elementwise ops the vector unit lists, on same-shape operands, a row vector or a constant scalar.
+- RESHAPE: a view, no instruction.
+- Everything else: a HOST instruction, billed with the host CPU target's roofline.
+A BARRIER separates layers. Every value gets its own DRAM region (constants, inputs, then activations).
+"""
+
+import math
+from functools import cache
+
+import numpy as np
+
+from codegen.accel.emit import DramRef, Extras, emit_gemm, emit_vector, scalar, vector_chunk
+from codegen.accel.tiles import ALIGN, Epilogue, GemmLayer, Tiling, choose_tiling, footprint
+from codegen.accel.tir import TileEvent, schedule_gemm, tile_events
+from hwsim import roofline
+from hwsim.accel.isa import Instr, Opcode, Operand
+from hwsim.accel.program import AccelProgram, DramTensor, LayerPlan
+from hwsim.ir import DType, Graph, Node, Op, OpGroup, Value, accumulate_inputs
+from targets import Target, load_target
+from targets.accel import ArraySpec
+
+COMMUTATIVE = {Op.ADD, Op.MUL, Op.MAX, Op.MIN}
+
+
+def _label(n: Node) -> str:
+    return n.name or n.outputs[0].name
+
+
+@cache
+def _tiled(layer: GemmLayer, t: Tiling) -> tuple[TileEvent, ...]:
+    return tuple(tile_events(schedule_gemm(layer, t)))
+
+
+def allocate(graph: Graph) -> tuple[dict[int, DramTensor], int]:
+    """DRAM regions, ALIGN-ed: constants, then inputs, then every node output; a RESHAPE aliases its input."""
+    out: dict[int, DramTensor] = {}
+    addr = 0
+    consts = graph.constants()
+    values = [*consts, *graph.inputs, *(v for n in graph.nodes for v in n.outputs)]
+    for v in values:
+        if id(v) in out:
+            continue
+        p = v.producer
+        if p is not None and p.op is Op.RESHAPE and id(p.inputs[0]) in out:
+            src = out[id(p.inputs[0])]
+            out[id(v)] = DramTensor(v.name, src.addr, v.type.shape, v.type.dtype.value, src.kind)
+            continue
+        kind = "const" if v.is_const else "input" if p is None else "activation"
+        out[id(v)] = DramTensor(v.name, addr, v.type.shape, v.type.dtype.value, kind)
+        addr += -(-max(v.type.nbytes, 1) // ALIGN) * ALIGN
+    return out, addr
+
+
+def _ref(t: DramTensor, rows: int, cols: int, offset: int = 0) -> DramRef:
+    return DramRef(t.addr + offset, rows, cols, t.dtype)
+
+
+def _gemm_node(n: Node, spec: Target) -> tuple[GemmLayer, str, int, dict] | str:
+    """(layer, array name, batches, operand roles) for a GEMM-shaped node, or why it is not one."""
+    accel = spec.accel
+    if n.op is Op.MATMUL:
+        a, b = n.inputs
+        dtypes = {a.type.dtype, b.type.dtype}
+        kind = "int8" if dtypes == {DType.INT8} else "fp16" if all(d.is_float for d in dtypes) else None
+        if kind is None:
+            return f"no array takes a {'/'.join(sorted(d.value for d in dtypes))} matmul"
+        if b.type.rank == 2:
+            batches, (k, nn) = 1, b.type.shape
+            m = math.prod(a.type.shape[:-1])
+        elif a.type.rank == b.type.rank and a.type.shape[:-2] == b.type.shape[:-2]:
+            batches, (m, k), nn = math.prod(a.type.shape[:-2]), a.type.shape[-2:], b.type.shape[-1]
+        else:
+            return "batch dimensions that broadcast"
+        layer = GemmLayer(m, nn, k, kind, a.type.dtype.value, b.type.dtype.value, packed=False, wt=False,
+                          c_dtype=n.outputs[0].type.dtype.value)
+        roles = {"A": a, "W": b}
+    elif n.op in OpGroup.ACCUMULATE:
+        kind = "sign" if n.op is Op.SIGN_ACCUMULATE else "ternary"
+        v = dict(zip(accumulate_inputs(n.attrs), n.inputs, strict=True))
+        x, packed = v["x"], v["packed"]
+        if "post" in v and v["post"].type.size == 1 and not v["post"].is_const:
+            return "a scalar post-scale computed at run time"
+        batches, m, k, nn = 1, math.prod(x.type.shape[:-1]), n.attrs["k"], packed.type.shape[0]
+        layer = GemmLayer(m, nn, k, kind, x.type.dtype.value, "uint8", packed=True, wt=False,
+                          c_dtype=n.outputs[0].type.dtype.value)
+        roles = {"A": x, "W": packed, **{r: v[r] for r in ("pre", "post", "add") if r in v}}
+    else:
+        return "not a GEMM"
+    array = accel.array_for(kind)
+    if array is None:
+        return f"no array takes {kind} layers"
+    return layer, array.name, batches, roles
+
+
+def _vector_node(n: Node, spec: Target) -> tuple[Value, Value | None, Operand, float] | str:
+    """(x, second operand, how it is applied, immediate) for an elementwise node, or why not."""
+    accel = spec.accel
+    if n.op.name not in accel.vector.ops:
+        return f"the vector unit has no {n.op.name}"
+    out = n.outputs[0].type
+    if not out.dtype.is_float or any(not v.type.dtype.is_float for v in n.inputs):
+        return "non-float operands"
+    if len(n.inputs) == 1:
+        return n.inputs[0], None, Operand.NONE, 0.0
+    x, y = n.inputs
+    if x.type.shape != out.shape and n.op in COMMUTATIVE:
+        x, y = y, x
+    if x.type.shape != out.shape:
+        return "a broadcast first operand"
+    if y.type.shape == out.shape:
+        return x, y, Operand.TILE, 0.0
+    if y.type.size == 1 and y.is_const:
+        return x, None, Operand.IMM, scalar(y.data)
+    if out.rank and y.type.size == out.shape[-1] and all(d == 1 for d in y.type.shape[:-1]):
+        if vector_chunk(accel, out.size, out.shape[-1], Operand.ROW) == 0:
+            return "rows too long for the accumulator"
+        return x, y, Operand.ROW, 0.0
+    return "a broadcast the vector unit does not do"
+
+
+def lower(graph: Graph, target: Target) -> AccelProgram:
+    """The whole graph as one program (see the module docstring)."""
+    accel = target.accel
+    host = load_target(accel.host)
+    tensors, dram_bytes = allocate(graph)
+    instrs: list[Instr] = []
+    layers: list[LayerPlan] = []
+    host_cycles: dict[int, int] = {}
+    host_pj: dict[int, float] = {}
+    arrays = {a.name: (i, a) for i, a in enumerate(accel.arrays)}
+    for i, n in enumerate(graph.nodes):
+        plan = LayerPlan(i, _label(n), n.op.name, "", "", first=len(instrs))
+        if n.op is Op.RESHAPE:
+            plan.unit, plan.detail = "view", "aliases its input in DRAM"
+        elif isinstance(gemm := _gemm_node(n, target), tuple):
+            layer, name, batches, roles = gemm
+            index, array = arrays[name]
+            instrs += _emit_gemm(i, n, layer, batches, roles, index, array, target, tensors, plan)
+            instrs.append(Instr(Opcode.BARRIER, i))
+            plan.unit = f"array:{name}"
+        elif isinstance(vec := _vector_node(n, target), tuple):
+            x, y, operand, imm = vec
+            out = n.outputs[0]
+            rows = math.prod(out.type.shape[:-1]) if out.type.rank else 1
+            cols = out.type.shape[-1] if out.type.rank else 1
+            instrs += emit_vector(i, n.op.name, accel, _ref(tensors[id(x)], rows, cols),
+                                  _ref(tensors[id(y)], 1, y.type.size) if y is not None else None, operand, imm,
+                                  _ref(tensors[id(out)], rows, cols))
+            instrs.append(Instr(Opcode.BARRIER, i))
+            plan.unit, plan.detail = "vector", f"{operand.name.lower()} operand" if y is not None or imm else ""
+        else:
+            why = gemm if n.op is Op.MATMUL or n.op in OpGroup.ACCUMULATE else vec
+            seconds = roofline.cpu_node_seconds(n, host)
+            host_cycles[i] = max(1, math.ceil(seconds * accel.clock_mhz * 1e6))
+            host_pj[i] = roofline.cpu_node_pj(n, host)
+            instrs.append(Instr(Opcode.HOST, i))
+            plan.unit, plan.detail = "host", f"{host.name}: {why}"
+        plan.last = len(instrs)
+        layers.append(plan)
+    return AccelProgram(graph, target, instrs, tensors, layers, host_cycles, host_pj, dram_bytes, host)
+
+
+def _emit_gemm(i: int, n: Node, layer: GemmLayer, batches: int, roles: dict, index: int, array: ArraySpec,
+               target: Target, tensors: dict[int, DramTensor], plan: LayerPlan) -> list[Instr]:
+    accel = target.accel
+    where = f"layer '{_label(n)}' ({n.op.name})"
+    epilogue = Epilogue(pre="pre" in roles, post="post" in roles and roles["post"].type.size > 1, add="add" in roles)
+    t = choose_tiling(layer, array, accel, epilogue, where)
+    fp = footprint(layer, t, array, epilogue)
+    events = list(_tiled(layer, t))
+    plan.detail = (f"{layer.kind} {layer.m}x{layer.n}x{layer.k}{f' x{batches}' if batches > 1 else ''}, tiles "
+                   f"{t.tm}x{t.tn}x{t.tk}{', A per row block' if t.a_at_row else ''}")
+    a, w, c = tensors[id(roles["A"])], tensors[id(roles["W"])], tensors[id(n.outputs[0])]
+    wshape = (layer.n, w.shape[1]) if layer.packed else (layer.k, layer.n)
+    isz = {x: np.dtype(x.dtype).itemsize for x in (a, w, c)}
+    extras = Extras(
+        pre=_ref(tensors[id(roles["pre"])], 1, layer.k) if "pre" in roles else None,
+        post=_ref(tensors[id(roles["post"])], 1, layer.n) if "post" in roles and roles["post"].type.size > 1 else None,
+        post_imm=scalar(roles["post"].data) if "post" in roles and roles["post"].type.size == 1 else None,
+        add=_ref(tensors[id(roles["add"])], layer.m, layer.n) if "add" in roles else None)
+    out: list[Instr] = []
+    for b in range(batches):  # batched matmuls: one GEMM per batch element, at its DRAM offsets
+        out += emit_gemm(i, layer, t, index, array, fp, events,
+                         _ref(a, layer.m, layer.k, b * layer.m * layer.k * isz[a]),
+                         _ref(w, *wshape, b * wshape[0] * wshape[1] * isz[w] if batches > 1 else 0),
+                         _ref(c, layer.m, layer.n, b * layer.m * layer.n * isz[c]), extras)
+    return out

@@ -1,0 +1,1 @@
+"""The cycle-approximate accelerator: instruction set, timing and functional simulators, energy."""

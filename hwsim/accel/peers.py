@@ -1,0 +1,169 @@
+"""The accelerator model's validation peers: SCALE-Sim 3.0.0 (cycles) and ZigZag 3.9.1 (energy), each run on a
+dense GEMM, and hwsim run on the same GEMM with an accelerator description that matches the peer's
+configuration. bench/accel_peers.py tabulates them; tests check a few small GEMMs.
+"""
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROWS = COLS = 32
+
+# ZigZag tpu_like.yaml per-access costs, as pJ per byte: MAC 0.04 pJ; rf_128B (weights, in the PEs) 0.095 pJ per
+# 8-bit access; sram_2MB (inputs, outputs) 416.16 pJ read / 378.4 pJ write per 2048-bit access; DRAM 700 / 750 pJ
+# per 64-bit access.
+ZIGZAG_ENERGY = {"int8_mac_pj": 0.04, "register_pj_per_byte": 0.095, "weight_sram_pj_per_byte": 0.095,
+                 "activation_sram_pj_per_byte": 416.16 / 256, "accumulator_sram_pj_per_byte": 416.16 / 256,
+                 "dram_read_pj_per_byte": 700 / 8, "dram_write_pj_per_byte": 750 / 8}
+
+
+def accel_toml(dataflow: str, act_kib: int, wgt_kib: int, acc_kib: int, bandwidth: float, energy: dict) -> str:
+    """An accelerator file with one ROWS x COLS int8 MAC array; energy figures not given are zero."""
+    e = {"fp16_mac_pj": 1.0, "int8_mac_pj": 0.04, "sign_add_pj": 0.0, "ternary_add_pj": 0.0, "vector_op_pj": 0.0,
+         "register_pj_per_byte": 0.0, "weight_sram_pj_per_byte": 0.0, "activation_sram_pj_per_byte": 0.0,
+         "accumulator_sram_pj_per_byte": 0.0, "dram_read_pj_per_byte": 0.0, "dram_write_pj_per_byte": 0.0, **energy}
+    lines = "\n".join(f"{k} = {v}" for k, v in e.items())
+    return f"""name = "peer"
+kind = "accel"
+description = "a {ROWS}x{COLS} {dataflow} int8 array matching a peer's configuration"
+clock_mhz = 1000.0
+host = "cortex-a76"
+[arrays.mac]
+rows = {ROWS}
+cols = {COLS}
+dataflow = "{dataflow}"
+pe = "mac"
+kinds = ["int8"]
+[buffers.weight]
+kib = {wgt_kib}
+banks = 1
+bytes_per_cycle = 1024
+[buffers.activation]
+kib = {act_kib}
+banks = 1
+bytes_per_cycle = 1024
+[buffers.accumulator]
+kib = {acc_kib}
+banks = 1
+bytes_per_cycle = 4096
+[vector]
+lanes = 32
+ops = ["ADD"]
+[dram]
+bandwidth_bytes_per_cycle = {bandwidth}
+latency_cycles = 0
+[energy]
+source = "peer configuration"
+process_nm = 45
+{lines}
+"""
+
+
+def hwsim_gemm(m: int, k: int, n: int, toml: str) -> dict:
+    """Lower and simulate one int8 GEMM (x [m, k] @ W [k, n]) on the accelerator described by `toml`."""
+    from codegen.accel.lower import lower
+    from hwsim.accel.stats import summarise
+    from hwsim.accel.timing import simulate
+    from hwsim.ir import DType, Graph, Node, Op, TensorType, Value
+    from targets import load_target
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "peer.toml"
+        path.write_text(toml)
+        spec = load_target(str(path))
+    x, y = Value("x", TensorType((m, k), DType.INT8)), Value("y", TensorType((m, n), DType.INT8))
+    graph = Graph("gemm", [x], [y], [Node(Op.MATMUL, [x, Value.const("w", np.zeros((k, n), np.int8))], [y])])
+    t0 = time.perf_counter()
+    program = lower(graph, spec)
+    timeline = simulate(program.instrs, spec.accel, program.host_cycles)
+    summary = summarise(program, timeline)
+    return {"compute_cycles": summary["busy_cycles"]["mac"], "total_cycles": summary["cycles"],
+            "dram_bytes": summary["bytes"].get("dram_read", 0) + summary["bytes"].get("dram_write", 0),
+            "energy_pj": summary["energy_pj_by_component"], "seconds": time.perf_counter() - t0,
+            "tiles": program.layers[0].detail}
+
+
+SCALESIM_CFG = """[general]
+run_name = hwsim_peer
+[architecture_presets]
+ArrayHeight : {rows}
+ArrayWidth : {cols}
+IfmapSramSzkB : {kb}
+FilterSramSzkB : {kb}
+OfmapSramSzkB : {kb}
+IfmapOffset : 0
+FilterOffset : 10000000
+OfmapOffset : 20000000
+Bandwidth : {bw}
+Dataflow : {df}
+ReadRequestBuffer : 32
+WriteRequestBuffer : 32
+[layout]
+IfmapCustomLayout : False
+IfmapSRAMBankBandwidth : {bw}
+IfmapSRAMBankNum : 1
+IfmapSRAMBankPort : 2
+FilterCustomLayout : False
+FilterSRAMBankBandwidth : {bw}
+FilterSRAMBankNum : 1
+FilterSRAMBankPort : 2
+[sparsity]
+SparsitySupport : false
+SparseRep : ellpack_block
+OptimizedMapping : false
+BlockSize : 8
+RandomNumberGeneratorSeed : 40
+[run_presets]
+InterfaceBandwidth : USER
+UseRamulatorTrace : False
+"""
+
+
+def scalesim_gemm(m: int, k: int, n: int, df: str, sram_kb: int, bandwidth: int) -> dict:
+    """SCALE-Sim on one GEMM: a ROWS x COLS array, dataflow `df` (os, ws), `sram_kb` KB for each operand,
+    `bandwidth` words per cycle. Compute cycles are its total minus its stalls."""
+    from scalesim.scale_sim import scalesim
+
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "scale.cfg").write_text(SCALESIM_CFG.format(rows=ROWS, cols=COLS, kb=sram_kb, bw=bandwidth, df=df))
+        Path(d, "topo.csv").write_text(f"Layer Name, M, N, K,\ng, {m}, {n}, {k},\n")  # trailing commas: required
+        Path(d, "layout.csv").write_text("Layer name, IFMAP SRAM Block Size, IFMAP SRAM Bank Number, "
+                                         "FILTER SRAM Block Size, FILTER SRAM Bank Number,\ng, 1, 1, 1, 1,\n")
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            sim = scalesim(save_disk_space=True, verbose=False, config=f"{d}/scale.cfg", topology=f"{d}/topo.csv",
+                           layout=f"{d}/layout.csv", input_type_gemm=True)
+            sim.run_scale(top_path=d)
+        _, total, stalls, *_ = sim.runner.single_layer_sim_object_list[0].get_compute_report_items()
+        return {"compute_cycles": int(total - stalls), "total_cycles": int(total), "stall_cycles": int(stalls),
+                "seconds": time.perf_counter() - t0}
+
+
+def zigzag_gemm(m: int, k: int, n: int) -> dict:
+    """ZigZag on one int8 GEMM: tpu_like.yaml and its mapping, opt=latency; energy in pJ and its parts."""
+    import yaml
+    import zigzag
+    from zigzag.api import get_hardware_performance_zigzag
+
+    logging.disable(logging.CRITICAL)
+    inputs = os.path.join(os.path.dirname(zigzag.__file__), "inputs")
+    layer = {"id": 0, "name": "g", "operator_type": "Gemm", "equation": "O[b][k]+=W[k][c]*I[b][c]",
+             "dimension_relations": [], "loop_dims": ["B", "K", "C"], "loop_sizes": [m, n, k],
+             "operand_precision": {"W": 8, "I": 8, "O": 16, "O_final": 8}, "operand_source": {"I": 0, "W": 0}}
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "w.yaml").write_text(yaml.safe_dump([layer]))
+        t0 = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            energy, latency, cmes = get_hardware_performance_zigzag(
+                workload=f"{d}/w.yaml", accelerator=f"{inputs}/hardware/tpu_like.yaml",
+                mapping=f"{inputs}/mapping/tpu_like.yaml", opt="latency", dump_folder=d, pickle_filename=f"{d}/c.p")
+        cme = cmes[0][1][0][0]
+        mem = {str(op): [float(x) for x in levels] for op, levels in cme.mem_energy_breakdown.items()}
+        return {"energy_pj": float(energy), "latency_cycles": float(latency), "mac_pj": float(cme.mac_energy),
+                "memory_pj": mem, "seconds": time.perf_counter() - t0}

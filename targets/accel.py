@@ -1,0 +1,166 @@
+"""Accelerator descriptions (kind = "accel"): PE arrays, on-chip buffers, vector unit, DRAM and energy table.
+
+A file names its arrays as `[arrays.NAME]` tables. Each array is `rows` x `cols` PEs with a dataflow
+(`weight_stationary` or `output_stationary`); its PEs are multiply-accumulate units (`pe = "mac"`: fp16 and
+int8 natively, and sign/ternary weights the DMA decodes to fp16 on load) or adders (`pe = "adder"`: sign and
+ternary weights only, read packed: y += x, y -= x, or skip). `kinds` lists the layer kinds the array takes.
+Buffers are `weight`, `activation` and `accumulator`; the vector unit applies scales and elementwise ops to
+buffered tiles. Everything the accelerator lacks runs on `host` (a CPU target) and is billed with its figures.
+"""
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from hwsim.errors import HwsimError
+
+DATAFLOWS = ("weight_stationary", "output_stationary")
+PE_KINDS = {"mac": ("fp16", "int8", "sign", "ternary"), "adder": ("sign", "ternary")}
+BUFFERS = ("weight", "activation", "accumulator")
+VECTOR_OPS = ("ADD", "SUB", "MUL", "MAX", "MIN", "NEG", "RELU", "CAST")  # IR ops a vector unit may list
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    name: str
+    rows: int
+    cols: int
+    dataflow: str
+    pe: str
+    kinds: tuple[str, ...]
+
+    @property
+    def pes(self) -> int:
+        return self.rows * self.cols
+
+
+@dataclass(frozen=True)
+class BufferSpec:
+    kib: int
+    banks: int
+    bytes_per_cycle: int  # what the buffer delivers to (or takes from) the array per cycle
+
+    @property
+    def bytes(self) -> int:
+        return self.kib * 1024
+
+
+@dataclass(frozen=True)
+class VectorSpec:
+    lanes: int  # elements per cycle
+    ops: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DramSpec:
+    bandwidth_bytes_per_cycle: float
+    latency_cycles: int
+
+
+@dataclass(frozen=True)
+class AccelEnergy:
+    """pJ per operation by kind and per byte by memory level; `source` cites them."""
+
+    source: str
+    process_nm: int
+    fp16_mac_pj: float
+    int8_mac_pj: float
+    sign_add_pj: float
+    ternary_add_pj: float
+    vector_op_pj: float
+    register_pj_per_byte: float  # PE-local operand registers, per byte an op reads or writes there
+    weight_sram_pj_per_byte: float
+    activation_sram_pj_per_byte: float
+    accumulator_sram_pj_per_byte: float
+    dram_read_pj_per_byte: float
+    dram_write_pj_per_byte: float
+
+    def op_pj(self, pe: str, kind: str) -> float:
+        """One PE operation: a MAC at the operands' precision (a MAC PE runs decoded sign/ternary weights as
+        fp16 MACs), or an add/subtract on an adder PE."""
+        if pe == "adder":
+            return self.sign_add_pj if kind == "sign" else self.ternary_add_pj
+        return self.int8_mac_pj if kind == "int8" else self.fp16_mac_pj
+
+
+@dataclass(frozen=True)
+class AccelSpec:
+    clock_mhz: float
+    host: str  # the CPU target that runs what the accelerator lacks
+    arrays: tuple[ArraySpec, ...]
+    buffers: dict[str, BufferSpec]
+    vector: VectorSpec
+    dram: DramSpec
+    energy: AccelEnergy
+
+    def array_for(self, kind: str) -> ArraySpec | None:
+        """The array that takes `kind` natively with the most PEs, else the largest that takes it at all."""
+        fits = [a for a in self.arrays if kind in a.kinds]
+        native = [a for a in fits if a.pe == "adder" or kind in ("fp16", "int8")]
+        return max(native or fits, key=lambda a: a.pes, default=None)
+
+
+def _numbers(spec: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[type, bool]]:
+    return {f.name: (float if f.type in (float, "float") else int, True) for f in fields(spec)
+            if f.name not in exclude}
+
+
+SECTIONS: dict[str, dict[str, tuple[type, bool]]] = {
+    "": {"name": (str, True), "kind": (str, True), "description": (str, True), "clock_mhz": (float, True),
+         "host": (str, True), "arrays": (dict, True), "buffers": (dict, True), "vector": (dict, True),
+         "dram": (dict, True), "energy": (dict, True)},
+    "array": {"rows": (int, True), "cols": (int, True), "dataflow": (str, True), "pe": (str, True),
+              "kinds": (list, True)},
+    "buffer": _numbers(BufferSpec),
+    "vector": {"lanes": (int, True), "ops": (list, True)},
+    "dram": _numbers(DramSpec),
+    "energy": {"source": (str, True), **_numbers(AccelEnergy, exclude=("source",))},
+}
+
+
+def _choice(path: Path, key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise HwsimError(f"{path}: key '{key}' must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def parse_accel(data: dict[str, Any], path: Path, check: Any) -> AccelSpec:
+    """The validated [arrays.*], [buffers.*], [vector], [dram] and [energy] tables of an accel file; `check`
+    is the loader's key checker (unknown, missing, mistyped and negative keys)."""
+    check(data, SECTIONS[""], "", path)
+    arrays = []
+    if not data["arrays"]:
+        raise HwsimError(f"{path}: key 'arrays' needs at least one [arrays.NAME] table")
+    for name, table in data["arrays"].items():
+        where = f"arrays.{name}"
+        if not isinstance(table, dict):
+            raise HwsimError(f"{path}: key '{where}' must be a table")
+        check(table, SECTIONS["array"], where, path)
+        _choice(path, f"{where}.dataflow", table["dataflow"], DATAFLOWS)
+        _choice(path, f"{where}.pe", table["pe"], tuple(PE_KINDS))
+        for kind in table["kinds"]:
+            _choice(path, f"{where}.kinds", kind, PE_KINDS[table["pe"]])
+        if not table["rows"] or not table["cols"] or not table["kinds"]:
+            raise HwsimError(f"{path}: key '{where}' needs rows, cols and kinds that are not zero or empty")
+        arrays.append(ArraySpec(name, table["rows"], table["cols"], table["dataflow"], table["pe"],
+                                tuple(table["kinds"])))
+    buffers = {}
+    for name in data["buffers"]:
+        _choice(path, f"buffers.{name}", name, BUFFERS)
+    for name in BUFFERS:
+        if name not in data["buffers"]:
+            raise HwsimError(f"{path}: missing key 'buffers.{name}'")
+        check(data["buffers"][name], SECTIONS["buffer"], f"buffers.{name}", path)
+        buffers[name] = BufferSpec(**data["buffers"][name])
+        if not buffers[name].kib or not buffers[name].bytes_per_cycle:
+            raise HwsimError(f"{path}: key 'buffers.{name}' needs kib and bytes_per_cycle above zero")
+    check(data["vector"], SECTIONS["vector"], "vector", path)
+    for op in data["vector"]["ops"]:
+        _choice(path, "vector.ops", op, VECTOR_OPS)
+    check(data["dram"], SECTIONS["dram"], "dram", path)
+    check(data["energy"], SECTIONS["energy"], "energy", path)
+    if not data["dram"]["bandwidth_bytes_per_cycle"] or not data["vector"]["lanes"] or not data["clock_mhz"]:
+        raise HwsimError(f"{path}: keys 'clock_mhz', 'vector.lanes' and 'dram.bandwidth_bytes_per_cycle' must be "
+                         "above zero")
+    return AccelSpec(clock_mhz=float(data["clock_mhz"]), host=data["host"], arrays=tuple(arrays), buffers=buffers,
+                     vector=VectorSpec(data["vector"]["lanes"], tuple(data["vector"]["ops"])),
+                     dram=DramSpec(**data["dram"]), energy=AccelEnergy(**data["energy"]))

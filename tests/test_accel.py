@@ -1,0 +1,220 @@
+"""The sign-accumulate accelerator: every tiny-llama format runs functionally on sacc-32x32 and matches the
+interpreter and onnxruntime; the simulation's invariants; dependency tokens that matter; the instruction
+stream's binary and text forms; clear errors for buffers too small and bad accelerator files.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_variants import ADAPTER_VARIANTS, BASE_VARIANTS, export
+
+from codegen.accel.lower import lower
+from hwsim import interp
+from hwsim.accel import functional, isa
+from hwsim.accel.program import AccelProgram
+from hwsim.accel.stats import summarise
+from hwsim.accel.timing import DramChannel, Timeline, gemm_cycles, simulate
+from hwsim.api import compile_model, import_graph, resolve_model
+from hwsim.cli import main
+from hwsim.errors import HwsimError
+from hwsim.ir import DType, Graph, Node, Op, OpGroup, TensorType, Value
+from hwsim.reference import random_inputs
+from models.formats.packing import pack_signs
+from targets import load_target
+from targets.accel import ArraySpec
+
+SACC = Path(__file__).parents[1] / "targets" / "sacc-32x32.toml"
+
+
+def run(graph: Graph, target: str = "sacc-32x32") -> tuple[AccelProgram, Timeline, list, list]:
+    program = lower(graph, load_target(target))
+    timeline = simulate(program.instrs, program.target.accel, program.host_cycles)
+    feeds = dict(zip([v.name for v in graph.inputs], random_inputs(graph, 0), strict=True))
+    return program, timeline, functional.run(program, timeline, feeds), interp.run(graph, feeds)
+
+
+def rel_err(got: list[np.ndarray], want: list[np.ndarray]) -> float:
+    return max(float(np.abs(g.astype(np.float64) - w).max() / np.abs(w).max()) for g, w in zip(got, want, strict=True))
+
+
+def sign_layer(m: int = 16, n: int = 64, k: int = 256) -> Graph:
+    """y = post * (S x) + base: one sign-accumulate layer with a post-scale and an addend."""
+    rng = np.random.default_rng(0)
+    x, base = Value("x", TensorType((m, k), DType.FLOAT32)), Value("base", TensorType((m, n), DType.FLOAT32))
+    packed = Value.const("signs", pack_signs(rng.choice([-1, 1], (n, k))))
+    post = Value.const("post", rng.random(n).astype(np.float16))
+    y = Value("y", TensorType((m, n), DType.FLOAT32))
+    return Graph("g", [x, base], [y], [Node(Op.SIGN_ACCUMULATE, [x, packed, post, base], [y],
+                                            {"k": k, "pre": 0, "post": 1, "add": 1}, name="layer")])
+
+
+@pytest.mark.parametrize("adapter_format, base_format", ADAPTER_VARIANTS + BASE_VARIANTS)
+def test_every_tiny_llama_format_runs_on_sacc(adapter_format: str, base_format: str, tmp_path: Path) -> None:
+    """compile_model raises unless the functional run matches onnxruntime and the interpreter; the format's
+    layers run on the sign array, and the invariants hold."""
+    export("tiny-llama", adapter_format, base_format, tmp_path / "m.onnx")
+    m = compile_model(str(tmp_path / "m.onnx"), target="sacc-32x32", shapes={"input_ids": (1, 16)},
+                      out=tmp_path / "o").manifest
+    assert m["verification"]["passed"] and "functional model of sacc-32x32" in m["verification"]["executed_on"]
+    assert all(r["interpreter_max_rel_err"] < 1e-3 for r in m["verification"]["outputs"])
+    sim = m["simulation"]
+    assert sim["provenance"] == "simulated" and m["latency"]["simulated"]["provenance"] == "simulated"
+    formats = {f for f in m["memory"]["weight_bytes_by_format"] if not f.startswith("dense")}
+    on_sign = {r["op"] for r in sim["layers"] if r["unit"] == "array:sign"}
+    assert bool(on_sign) == bool(formats) and on_sign <= {o.name for o in OpGroup.ACCUMULATE}
+    check_invariants(sim)
+    assert (tmp_path / "o" / "program.bin").read_bytes()[:8] == isa.MAGIC
+
+
+def check_invariants(sim: dict) -> None:
+    for layer in sim["layers"]:
+        assert all(v >= 0 for v in layer["stall_cycles"].values()) and layer["cycles"] >= 0
+        for name, busy in layer["busy_cycles"].items():
+            assert busy <= layer["cycles"], (layer["name"], name)
+        for name, util in layer["utilisation"].items():
+            assert 0 < util <= 1, (layer["name"], name)  # cycles >= ops / peak rate
+    assert all(0 <= util <= 1 for util in sim["utilisation"].values())
+    assert sum(sim["energy_pj_by_component"].values()) == pytest.approx(sim["energy_uj"] * 1e6, rel=1e-3)
+
+
+@pytest.mark.parametrize("target", ["sacc-32x32", "systolic-fp16-32x32"])
+def test_invariants_on_the_default_model(target: str) -> None:
+    graph = import_graph(resolve_model(None), None)
+    program, timeline, got, want = run(graph, target)
+    assert rel_err(got, want) < 1e-3
+    sim = summarise(program, timeline)
+    check_invariants(sim)
+    # cycles >= ops / peak rate of every array, over the whole model
+    for a in program.target.accel.arrays:
+        ops = sum(i.args.get("valid", 0) * i.args.get("tn", 0) * i.args.get("tk", 0)
+                  for i in program.instrs if i.op is isa.Opcode.GEMM and i.unit == program.target.accel.arrays.index(a))
+        assert timeline.cycles >= ops / a.pes
+    # bytes moved >= unique bytes touched: every tensor an accelerator layer reads or writes crosses DRAM once
+    touched_in, touched_out = set(), set()
+    for plan in program.layers:
+        if plan.unit.startswith(("array", "vector")):
+            node = graph.nodes[plan.index]
+            touched_in |= {program.tensors[id(v)].addr for v in node.inputs if not (v.is_const and v.type.size == 1)}
+            touched_out |= {program.tensors[id(v)].addr for v in node.outputs}
+    size = {t.addr: t.nbytes for t in program.tensors.values()}
+    assert sim["bytes"]["dram_read"] >= sum(size[a] for a in touched_in)
+    assert sim["bytes"]["dram_write"] >= sum(size[a] for a in touched_out)
+    # same input, same result
+    again = lower(graph, program.target)
+    assert isa.encode(again.instrs) == isa.encode(program.instrs)
+    assert summarise(again, simulate(again.instrs, again.target.accel, again.host_cycles)) == sim
+
+
+def test_a_missing_token_gives_wrong_data() -> None:
+    """The functional run follows the simulated schedule: drop the token that makes the first GEMM wait for
+    its weights and it reads the buffer before they arrive."""
+    graph = sign_layer()
+    program, timeline, got, want = run(graph)
+    assert rel_err(got, want) < 1e-5
+    gemm = next(i for i, ins in enumerate(program.instrs) if ins.op is isa.Opcode.GEMM)
+    load = max(i for i in range(gemm) if program.instrs[i].push_next)
+    program.instrs[gemm].pop_prev -= 1
+    program.instrs[load].push_next -= 1
+    broken = simulate(program.instrs, program.target.accel, program.host_cycles)
+    assert broken.start[gemm] < timeline.start[gemm]
+    feeds = dict(zip([v.name for v in graph.inputs], random_inputs(graph, 0), strict=True))
+    assert rel_err(functional.run(program, broken, feeds), want) > 0.1
+    program.instrs[load].push_next += 1  # a token pushed that nothing pops is an error too
+    with pytest.raises(ValueError, match="never popped"):
+        simulate(program.instrs, program.target.accel, program.host_cycles)
+
+
+def test_program_binary_and_text_forms() -> None:
+    program, *_ = run(sign_layer())
+    data = isa.encode(program.instrs)
+    assert len(data) == 16 + 64 * len(program.instrs)
+    back = isa.decode(data)
+    assert [(i.op, i.unit, i.args, i.pop_prev, i.pop_next, i.push_prev, i.push_next) for i in back] == \
+        [(i.op, i.unit, {k: v for k, v in i.args.items() if v}, i.pop_prev, i.pop_next, i.push_prev, i.push_next)
+         for i in program.instrs]
+    text = isa.to_text(program.instrs, program.node_names())
+    assert len(text.splitlines()) == len(program.instrs)
+    assert {"LOAD", "GEMM", "ALU", "STORE", "BARRIER"} <= {line.split()[1] for line in text.splitlines()}
+    with pytest.raises(ValueError, match="bad magic"):
+        isa.decode(b"x" * 80)
+    with pytest.raises(ValueError, match="does not match"):
+        isa.decode(data[:-1])
+
+
+@pytest.mark.parametrize("dataflow, m, n, k, per_fold", [
+    ("output_stationary", 16, 96, 100, 100 + 62), ("weight_stationary", 16, 96, 100, 16 + 94),
+    ("weight_stationary", 1, 40, 64, 1 + 94)])
+def test_gemm_cycles_are_the_systolic_fold_formulas(dataflow: str, m: int, n: int, k: int, per_fold: int) -> None:
+    """SCALE-Sim's compute cycles: OS per output fold K + R + C - 2, WS per weight fold M + 2R + C - 2."""
+    a = ArraySpec("a", 32, 32, dataflow, "mac", ("int8",))
+    if dataflow == "output_stationary":
+        chunks = [gemm_cycles(a, m, 32, 50, last=False), gemm_cycles(a, m, 32, 50, last=True)]
+        assert sum(chunks) == per_fold
+    else:
+        folds = math.ceil(k / 32) * math.ceil(n / 32)
+        assert gemm_cycles(a, m, n, k, last=True) == folds * per_fold
+
+
+def test_dram_channel_serves_transfers_in_free_gaps() -> None:
+    ch = DramChannel()
+    assert ch.reserve(0, 10) == 0
+    assert ch.reserve(30, 10) == 30
+    assert ch.reserve(5, 10) == 10  # after the first, fits before the second
+    assert ch.reserve(12, 15) == 40  # no gap of 15 before 40
+
+
+def test_buffer_too_small_names_the_layer(tmp_path: Path) -> None:
+    """A 128x128 sign array needs 128x128-weight tiles: two of them (4 KiB packed) cannot fit 1 KiB."""
+    small = tmp_path / "tiny.toml"
+    small.write_text(SACC.read_text().replace('name = "sacc-32x32"', 'name = "tiny"').replace(
+        "[buffers.weight]\nkib = 128", "[buffers.weight]\nkib = 1").replace("rows = 32\ncols = 32",
+                                                                           "rows = 128\ncols = 128", 1))
+    with pytest.raises(HwsimError, match=r"layer 'layer' \(SIGN_ACCUMULATE\): no tile .* fits the weight "
+                                         r"buffer \(1 KiB\) on array 'sign'"):
+        lower(sign_layer(), load_target(str(small)))
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (('dataflow = "weight_stationary"', 'dataflow = "row_stationary"'), "key 'arrays.sign.dataflow' must be one of"),
+    (("kinds = [\"sign\", \"ternary\"]", "kinds = [\"fp16\"]"), "key 'arrays.sign.kinds' must be one of sign, ternary"),
+    (("[buffers.activation]\nkib = 128\n", "[buffers.scratch]\nkib = 128\n"), "key 'buffers.scratch' must be one of"),
+    (("latency_cycles = 100", "latency_cycles = -1"), "key 'dram.latency_cycles' must be >= 0"),
+    (("rows = 32", "rows = 32\nbanks = 2"), "unknown key 'arrays.sign.banks'"),
+    (("host = \"cortex-a76\"", "host = \"nvidia-h100\""), "key 'host' must name a CPU target"),
+    (("sign_add_pj = 0.4\n", ""), "missing key 'energy.sign_add_pj'"),
+])
+def test_bad_accelerator_files_name_the_key(tmp_path: Path, edit: tuple[str, str], needle: str) -> None:
+    text = SACC.read_text().replace('name = "sacc-32x32"', 'name = "bad"')
+    assert edit[0] in text
+    (tmp_path / "bad.toml").write_text(text.replace(edit[0], edit[1], 1))
+    with pytest.raises(HwsimError) as e:
+        load_target(str(tmp_path / "bad.toml"))
+    assert needle in str(e.value) and "bad.toml" in str(e.value)
+
+
+def test_cli_compiles_for_the_accelerator(tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["compile", "--target", "sacc-32x32", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert "simulated" in r.output and "verified program" in r.output
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["simulation"]["cycles"] > 0 and m["simulation"]["simulator_seconds"] < 30  # seconds, not minutes
+    text = (tmp_path / "o" / "program.txt").read_text()
+    assert text.startswith("# hwsim accelerator program for sacc-32x32") and " HOST " in text
+    r = CliRunner().invoke(main, ["compile", "--target", "sacc-32x32", "--rpc", "127.0.0.1:9", "--out",
+                                  str(tmp_path / "r")])
+    assert r.exit_code == 2 and "simulated accelerator" in r.output and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("df, m, k, n", [("os", 16, 96, 64), ("ws", 16, 96, 64), ("ws", 40, 64, 70)])
+def test_compute_cycles_agree_with_scalesim(df: str, m: int, k: int, n: int) -> None:
+    """The validation peer on small GEMMs (bench/accel_peers.py runs the large ones): within 5%."""
+    from hwsim.accel.peers import accel_toml, hwsim_gemm, scalesim_gemm
+
+    dataflow = {"os": "output_stationary", "ws": "weight_stationary"}[df]
+    ours = hwsim_gemm(m, k, n, accel_toml(dataflow, 64, 64, 256, 32, {}))
+    theirs = scalesim_gemm(m, k, n, df, 64, 32)
+    assert ours["compute_cycles"] == pytest.approx(theirs["compute_cycles"], rel=0.05)
