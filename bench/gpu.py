@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from kernels import interleaved, prefill_graphs
+
+from hwsim.overhead import interleaved, prefill_graphs
 
 
 def build_kernel(m: int, n: int, k: int, bits: int | None, target) -> tuple:

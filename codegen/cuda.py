@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from tvm import relax, s_tir
-from tvm.error import InternalError
+from tvm import relax
 from tvm.relax.backend.cuda import pipeline as cuda_generic
 from tvm.s_tir import dlight as dl
 
+from codegen.schedules.guard import Guarded
 from hwsim.artifacts import sha256_file
 from hwsim.errors import HwsimError
 from targets import Target
@@ -39,21 +39,6 @@ def require_nvcc() -> None:
     if missing:
         raise HwsimError(f"CUDA targets need {' and '.join(missing)} (the CUDA toolkit) on PATH to compile the "
                          "generated kernels; not found")
-
-
-class Guarded(dl.ScheduleRule):
-    """A dlight rule that declines, instead of failing the build, where it breaks on a function it claims:
-    TVM 0.27's GEMV rule asserts on reductions whose loops normalise away (batch-1 attention over one
-    key), so the next rule (GeneralReduction, Fallback) schedules those."""
-
-    def __init__(self, rule: dl.ScheduleRule):
-        self.rule = rule
-
-    def apply(self, func: tvm.tirx.PrimFunc, target: tvm.target.Target, tunable: bool) -> s_tir.Schedule | None:
-        try:
-            return self.rule.apply(func, target, tunable)
-        except (AssertionError, s_tir.ScheduleError, InternalError):
-            return None
 
 
 def gpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:

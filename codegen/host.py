@@ -11,6 +11,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight as dl
 
 from codegen.schedules.cpu import Elementwise, Matmul
+from codegen.schedules.guard import Guarded
 from targets import Target
 
 
@@ -32,7 +33,7 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return tvm.transform.Sequential([
         *cpu_generic.library_dispatch_passes(target),
         *cpu_generic.legalize_passes(target),
-        dl.ApplyDefaultSchedule(Matmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), Elementwise()),
+        dl.ApplyDefaultSchedule(Matmul(), Guarded(dl.cpu.GEMV()), Guarded(dl.cpu.Reduction()), Elementwise()),
         *cpu_generic.dataflow_lower_passes(target),
         *cpu_generic.finalize_passes(target),
     ])

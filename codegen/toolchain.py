@@ -22,7 +22,10 @@ CXX = "aarch64-linux-gnu-g++"
 QEMU = "qemu-aarch64-static"
 LLVM_MCA = "llvm-mca-19"
 SYSROOT = Path("/usr/aarch64-linux-gnu")
-APT_PACKAGES = ("g++-aarch64-linux-gnu", "libc6-dev-arm64-cross", "qemu-user-static", "llvm-19")
+# the cross toolchain, and the browser that renders reports (hwsim report --screenshot, the report's test)
+APT_PACKAGES = ("g++-aarch64-linux-gnu", "libc6-dev-arm64-cross", "qemu-user-static", "llvm-19", "chromium",
+                "chromium-driver")
+BROWSER_TOOLS = ("chromium", "chromedriver")
 RUNNER_SOURCE = Path(__file__).parent / "runner" / "hwsim_runner.cc"
 RUNNER = "hwsim-runner"
 RUNTIME_LIBS = {"apache-tvm": "tvm/lib/libtvm_runtime.so", "apache-tvm-ffi": "tvm_ffi/lib/libtvm_ffi.so"}
@@ -36,8 +39,9 @@ def toolchain_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "hwsim" / "toolchains"
 
 
-def missing_tools() -> list[str]:
-    tools = [t for t in (CXX, QEMU, LLVM_MCA) if shutil.which(t) is None]
+def missing_tools(browser: bool = False) -> list[str]:
+    """What is missing of the cross toolchain (and, with `browser`, of the report browser)."""
+    tools = [t for t in (CXX, QEMU, LLVM_MCA, *(BROWSER_TOOLS if browser else ())) if shutil.which(t) is None]
     if not (SYSROOT / "lib" / "ld-linux-aarch64.so.1").exists():
         tools.append(f"{SYSROOT}/lib/ld-linux-aarch64.so.1")
     return tools
@@ -115,11 +119,11 @@ def setup(*, install: bool = True, progress: Progress | None = None) -> list[str
     """
     done: list[str] = []
     step = progress or (lambda _m: None)
-    missing = missing_tools()
+    missing = missing_tools(browser=True)
     if not install:
         if missing:
             raise HwsimError(f"missing: {', '.join(missing)} (apt-get install {' '.join(APT_PACKAGES)})")
-        return [f"found {CXX}, {QEMU}, {LLVM_MCA}"]
+        return [f"found {CXX}, {QEMU}, {LLVM_MCA}, {', '.join(BROWSER_TOOLS)}"]
     if missing:
         sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
         if sudo and shutil.which("sudo") is None:
@@ -134,7 +138,7 @@ def setup(*, install: bool = True, progress: Progress | None = None) -> list[str
         if r.returncode != 0:
             raise HwsimError(f"{' '.join(install_cmd)} failed: {r.stderr.strip().splitlines()[-1:]}")
         done.append(f"installed {' '.join(APT_PACKAGES)}")
-        still = missing_tools()
+        still = missing_tools(browser=True)
         if still:
             raise HwsimError(f"still missing after apt-get: {', '.join(still)}")
     done.append(f"aarch64 TVM runtime: {runtime_dir(step)}")

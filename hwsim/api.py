@@ -255,12 +255,10 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
         device = f"{spec.name} build on {cuda.device_name()}"
         manifest["target"].update(arch=spec.tvm.arch, device=device)
         gpu_ms = timed("measuring latency on the GPU", lambda: cuda.time_ms(vm, inputs, repeat=runs))
-        estimate = roofline.estimate_gpu(graph, spec, gpu_build.launches)
         manifest["artifacts"].update(gpu_build.artifacts())
         manifest["device_kernels"] = gpu_build.kernels
-        manifest["latency"] = {"tvm": _latency(gpu_ms, device), "roofline": estimate,
-                               "measured_over_estimated": round(float(np.median(gpu_ms)) / estimate["median_ms"], 3)}
-        return manifest
+        manifest["latency"] = {"tvm": _latency(gpu_ms, device)}
+        return _with_estimates(manifest, graph, spec, gpu_build.launches)
     if spec.tvm.mtriple:
         manifest["artifacts"]["runner"] = {f.name: sha256_file(f) for f in bundled}
         manifest["target"]["device"] = f"{spec.name} ({spec.description}); not measured here"
@@ -275,7 +273,7 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
         manifest["latency"] = _measure_remote(lib, rpc, rpc_key, inputs, ref_outputs(), spec, runs, rtol, manifest,
                                               timed)
     if spec.tvm.mtriple or rpc:
-        return manifest
+        return _with_estimates(manifest, graph, spec)
 
     tvm_ms = timed("measuring latency", lambda: host.time_ms(vm, inputs, repeat=runs))
     ort_ms = time_onnxruntime(session, names, inputs, len(tvm_ms))
@@ -286,6 +284,18 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
         "onnxruntime": _latency(ort_ms, device),
         "tvm_over_onnxruntime": round(float(np.median(tvm_ms) / np.median(ort_ms)), 3),
     }
+    return _with_estimates(manifest, graph, spec)
+
+
+def _with_estimates(manifest: dict[str, Any], graph: Graph, spec: Target, launches: int = 0) -> dict[str, Any]:
+    """Add the roofline latency (beside a measurement, with their ratio) and the energy estimate."""
+    est = roofline.estimate(graph, spec, launches)
+    lat = manifest["latency"]
+    lat["roofline"] = est
+    if "tvm" in lat and est["median_ms"] > 0:
+        lat["measured_over_estimated"] = float(f"{lat['tvm']['median_ms'] / est['median_ms']:.4g}")
+    manifest["energy"] = {"provenance": "estimated", "model": est["model"], "assumptions": est["assumptions"],
+                          "compute_pj": est["energy_pj"]["compute"], "memory_pj": est["energy_pj"]["memory"]}
     return manifest
 
 
@@ -343,8 +353,8 @@ def _unverified_gpu_manifest(graph: Graph, ir_text: str, mod: Any, lib: Path, sp
         "reference": "onnxruntime", "executed_on": None, "seed": seed, "rtol": rtol, "passed": None, "outputs": [],
         "not_run": "no CUDA GPU on this machine: built by TVM and compiled by nvcc to PTX and cubin "
                    f"for {spec.tvm.arch} only; run the same command on a machine with a GPU to verify and time it"}
-    manifest["latency"] = {"roofline": roofline.estimate_gpu(graph, spec, gpu_build.launches)}
-    return manifest
+    manifest["latency"] = {}
+    return _with_estimates(manifest, graph, spec, gpu_build.launches)
 
 
 def _measure_remote(lib: Path, address: str, key: str | None, inputs: list[np.ndarray], ref: list[np.ndarray],

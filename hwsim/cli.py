@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hwsim.errors import HwsimError, VerificationError
+from hwsim.matrix import DEFAULT_FORMATS, DEFAULT_TARGETS
 
 err_console = Console(stderr=True)
 
@@ -52,56 +53,99 @@ def main() -> None:
     """
 
 
+_ADAPTER_HELP = "PEFT LoRA adapter directory [default: the built-in model's trained adapter]"
 _SHAPE_HELP = ("fix an input's shape, e.g. --shape input_ids=1x128 (repeatable); needed for dynamic dims "
                "of ONNX files, optional for built-in models")
 
 
+def _csv(values: tuple[str, ...]) -> list[str]:
+    """Repeatable options that also take comma-separated lists."""
+    return [x for v in values for x in v.split(",") if x]
+
+
 @main.command()
 @click.argument("model", required=False)
-@click.option("--target", default="host", show_default=True, help="target name (see targets/) or a .toml file")
+@click.option("--target", "targets", multiple=True, metavar="TARGET",
+              help="target name (see targets/) or a .toml file; repeatable or comma-separated "
+                   f"[default: {','.join(DEFAULT_TARGETS)}; host for an .onnx file]")
+@click.option("--formats", help=f"adapter formats to compare [default: {','.join(DEFAULT_FORMATS)}]")
+@click.option("--base-formats", default="", help="base-weight formats to compare, each with the fp16 LoRA "
+                                                 "adapter (fp16, dbf, mdbf, ternary, tritplane) [default: none]")
+@click.option("--adapter", type=click.Path(path_type=Path), help=_ADAPTER_HELP)
+@click.option("--tokens", type=int, help="prefill tokens [default: the model's default sequence length]")
 @click.option("--shape", "shape", multiple=True, metavar="NAME=DIMS", help=_SHAPE_HELP)
-@click.option("--out", type=click.Path(path_type=Path), help="output directory [default: build/MODEL/TARGET]")
-@click.option("--force", is_flag=True, help="replace an existing output directory")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="output directory [default: build/MODEL, or build/MODEL/TARGET for one .onnx build]")
+@click.option("--force", is_flag=True, help="replace an existing output directory (and rebuild everything)")
+@click.option("--jobs", type=int, help="parallel build processes [default: the CPU count]")
 @click.option("--seed", default=0, show_default=True, help="seed of the random verification inputs")
 @click.option("--rtol", default=1e-3, show_default=True,
               help="max allowed |tvm - onnxruntime| / max|onnxruntime| per output")
 @click.option("--runs", default=20, show_default=True, help="minimum timed runs for the latency medians")
 @click.option("--rpc", metavar="HOST:PORT",
-              help="also verify and time the artifact on a device running `python -m tvm.exec.rpc_server` "
+              help="also verify and time CPU builds on a device running `python -m tvm.exec.rpc_server` "
                    "(or on a tracker's device, with --rpc-key)")
 @click.option("--rpc-key", metavar="KEY", help="device key to request from the RPC tracker at --rpc")
-@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON instead of a summary")
-def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | None, force: bool, seed: int,
+@click.option("--json", "as_json", is_flag=True,
+              help="print the manifest (one build) or results.json (a matrix) instead of a summary")
+def compile(model: str | None, targets: tuple[str, ...], formats: str | None, base_formats: str, adapter: Path | None,
+            tokens: int | None, shape: tuple[str, ...], out: Path | None, force: bool, jobs: int | None, seed: int,
             rtol: float, runs: int, rpc: str | None, rpc_key: str | None, as_json: bool) -> None:
-    """Compile MODEL (an .onnx file or a built-in model; default: tiny-llama) for TARGET.
+    """Compile MODEL for the targets, verify every build, and write a comparison report.
 
-    Imports the model into the IR, builds it with TVM, verifies the artifact against onnxruntime on
-    seeded random inputs (exit 1 on a mismatch) and measures its latency beside onnxruntime's.
-    Writes the library, the IR dump and manifest.json into the output directory.
+    MODEL is a built-in model (default: tiny-llama), a Hugging Face model directory (config + safetensors,
+    with --adapter PEFT_DIR) or an .onnx file. A built-in or Hugging Face model builds a matrix: each adapter
+    format at the trained rank and at matched adapter bytes (and each --base-formats entry) x each target x
+    prefill (--tokens) and decode (one token); the variants are fitted and exported to ONNX once, the builds
+    that are not timed here run in parallel (--jobs), the host builds one at a time. An .onnx file is
+    compiled as it is, one build per target. Every run ends with report.html, report.md and results.json
+    (`hwsim report DIR` regenerates them); a failed build is reported, not fatal.
 
-    ARM targets (cortex-a76, cortex-a72, cortex-a55) are cross-compiled: the output directory holds an
-    aarch64 model.so plus hwsim-runner and the TVM runtime it loads, verified here under qemu-aarch64
-    (`hwsim setup` installs the toolchain). Their latency is measured only on a real board (--rpc); the
-    manifest carries llvm-mca cycle estimates of the hot loops, marked `estimated`.
-
-    GPU targets (nvidia-h100, nvidia-a100, jetson-orin) are built for CUDA and compiled by the local nvcc to
-    PTX and cubin for the target's arch (no GPU needed). With a GPU present the model is also run, verified
-    and timed on it; without one, the latency is a roofline estimate from the target's figures, marked
-    `estimated`, and nothing is claimed verified.
-
-    Accelerator targets (sacc-32x32, systolic-fp16-32x32) are lowered to an instruction stream (program.txt
-    and program.bin), simulated cycle by cycle (latency, utilisation, stalls, bytes and energy per layer, all
-    marked `simulated`) and run functionally in the simulated order, which must match onnxruntime.
+    Each build imports the model into the IR, builds it with TVM, verifies the artifact against onnxruntime
+    on seeded random inputs and measures or estimates its latency, each figure marked measured, simulated or
+    estimated. Host builds are measured beside onnxruntime. ARM targets (cortex-a76, cortex-a72, cortex-a55)
+    are cross-compiled and verified under qemu-aarch64 (`hwsim setup` installs the toolchain); their latency
+    is a roofline estimate unless --rpc measures it on a board. GPU targets (nvidia-h100, nvidia-a100,
+    jetson-orin) are built for CUDA and compiled by the local nvcc to PTX and cubin (no GPU needed), and run,
+    verified and timed where a GPU is present. Accelerator targets (sacc-32x32, systolic-fp16-32x32) are
+    lowered to an instruction stream (program.txt, program.bin), simulated cycle by cycle and run
+    functionally in the simulated order, which must match onnxruntime.
     """
     from hwsim.api import compile_model
+    from hwsim.matrix import compile_matrix, report_single
 
+    target_list = _csv(targets)
+    single = model is not None and Path(model).suffix == ".onnx" and len(target_list) <= 1
     with err_console.status("starting", spinner="dots") as status:
-        result = compile_model(model, target=target, shapes=_shapes(shape), out=out, force=force, seed=seed,
-                               rtol=rtol, runs=runs, rpc=rpc, rpc_key=rpc_key,
-                               progress=lambda msg: status.update(msg + " ..."))
+        def progress(msg: str) -> None:
+            status.update(msg + " ...")
+
+        if single:
+            target = target_list[0] if target_list else "host"
+            result = compile_model(model, target=target, shapes=_shapes(shape), out=out, force=force, seed=seed,
+                                   rtol=rtol, runs=runs, rpc=rpc, rpc_key=rpc_key, progress=progress)
+            progress("writing the report")
+            report = report_single(result.out_dir, model, target, _shapes(shape))
+        else:
+            matrix = compile_matrix(model, adapter=str(adapter) if adapter else None,
+                                    formats=_csv((formats,)) if formats is not None else None,
+                                    base_formats=_csv((base_formats,)), targets=target_list or None, tokens=tokens,
+                                    shapes=_shapes(shape), out=out, force=force, workers=jobs, runs=runs, seed=seed,
+                                    rpc=rpc, rpc_key=rpc_key, progress=progress)
+            report = matrix.report
     if as_json:
-        click.echo(json.dumps(result.manifest, indent=2, sort_keys=True))
+        click.echo((report.parent / "results.json").read_text() if not single else
+                   json.dumps(result.manifest, indent=2, sort_keys=True))
         return
+    console = _console()
+    if single:
+        _print_build(console, result)
+    else:
+        _print_matrix(console, matrix)
+    console.print(f"report: {report}", highlight=False)
+
+
+def _print_build(console: Console, result: Any) -> None:
     m = result.manifest
     table = Table(title=f"{m['model']['name']} on {m['target']['name']}" + (" (cached)" if result.cached else ""))
     table.add_column("output")
@@ -109,13 +153,42 @@ def compile(model: str | None, target: str, shape: tuple[str, ...], out: Path | 
     table.add_column("rel err", justify="right")
     for r in m["verification"]["outputs"]:
         table.add_row(r["name"], f"{r['max_abs_err']:.2e}", f"{r['max_rel_err']:.2e}")
-    console = _console()
     if m["verification"]["passed"] is None:
         console.print(f"not verified: {m['verification']['not_run']}", highlight=False)
     else:
         console.print(table)
     for line in _summary(m, result.out_dir):
         console.print(line, highlight=False)
+
+
+def _print_matrix(console: Console, matrix: Any) -> None:
+    from hwsim.report.collect import primary
+
+    results = json.loads((matrix.root / "results.json").read_text())
+    phases = list(results["phases"])
+    table = Table(title=f"{results['model']['name']}: latency per variant and target "
+                        "([M] measured, [S] simulated, [E] estimated)")
+    table.add_column("variant")
+    for t in results["targets"]:
+        for p in phases:
+            table.add_column(f"{t['name']} {p}", justify="right")
+    cells = {(c["variant"], c["target"]): c for c in results["cells"]}
+    tag = {"measured": "M", "simulated": "S", "estimated": "E"}
+    for v in results["variants"]:
+        row = [v["id"]]
+        for t in results["targets"]:
+            for p in phases:
+                c = cells.get((v["id"], t["name"]))
+                best = primary(c["latency"].get(p, [])) if c else None
+                row.append(f"{best['value']:.3g} ms [{tag[best['provenance']]}]" if best else "failed")
+        table.add_row(*row)
+    console.print(table)
+    failed = [j for j in matrix.matrix["jobs"] if j["status"] != "ok"]
+    cached = sum(1 for j in matrix.matrix["jobs"] if j.get("cached"))
+    console.print(f"{len(matrix.matrix['jobs'])} builds in {matrix.root} ({cached} cached, {len(failed)} failed)",
+                  highlight=False)
+    for j in failed:
+        console.print(f"failed: {j['variant']} on {j['target']} ({j['phase']}): {j['error']}", highlight=False)
 
 
 def _summary(m: dict, out_dir: Path) -> list[str]:
@@ -140,8 +213,9 @@ def _summary(m: dict, out_dir: Path) -> list[str]:
         lines.append("latency: not measured (no device for this target here; pass --rpc HOST:PORT of a board)")
     if "roofline" in lat:
         est = lat["roofline"]
-        line = (f"latency (estimated, {est['model']}): {est['median_ms']:.3f} ms "
-                f"({est['kernels_ms']:.3f} ms kernels + {est['launches']} launches)")
+        line = f"latency (estimated, {est['model']}): {est['median_ms']:.3f} ms"
+        if est["launches"]:
+            line += f" ({est['kernels_ms']:.3f} ms kernels + {est['launches']} launches)"
         if "measured_over_estimated" in lat:
             line += f"; measured / estimated = {lat['measured_over_estimated']:.2f}"
         lines.append(line)
@@ -164,10 +238,28 @@ def _summary(m: dict, out_dir: Path) -> list[str]:
 
 
 @main.command()
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--screenshot", type=click.Path(path_type=Path), metavar="PNG",
+              help="also render the top of report.html to PNG with headless Chromium (`hwsim setup` installs it)")
+def report(build_dir: Path, screenshot: Path | None) -> None:
+    """Regenerate the report of BUILD_DIR (report.html, report.md, results.json, plots/) from its manifests,
+    without rebuilding anything."""
+    from hwsim.report import write_report
+
+    path = write_report(build_dir)
+    click.echo(f"report: {path}")
+    if screenshot:
+        from hwsim.report.browser import screenshot as shoot
+
+        click.echo(f"screenshot: {shoot(path, screenshot)}")
+
+
+@main.command()
 @click.option("--check", is_flag=True, help="only report what is missing; install nothing")
 def setup(check: bool) -> None:
-    """Install the cross toolchain ARM targets need: aarch64 g++, qemu-aarch64, llvm-mca-19.
+    """Install the cross toolchain ARM targets need (aarch64 g++, qemu-aarch64, llvm-mca-19) and Chromium.
 
+    Chromium and ChromeDriver render reports (hwsim report --screenshot, the report's browser test).
     Missing Debian packages are installed with apt-get (as root, or with passwordless sudo); then the
     aarch64 TVM runtime matching the installed TVM is fetched from PyPI and hwsim-runner is built, both
     cached under ~/.cache/hwsim/toolchains (or $HWSIM_TOOLCHAIN_DIR). Safe to rerun.
@@ -267,8 +359,6 @@ def convert(adapter: str, fmt: str, out: Path, force: bool, layout: str | None, 
     _console().print(table)
     click.echo(f"converted adapter: {out}")
 
-
-_ADAPTER_HELP = "PEFT LoRA adapter directory [default: the built-in model's trained adapter]"
 
 
 @main.command()

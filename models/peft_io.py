@@ -48,6 +48,21 @@ class LoraAdapter:
         alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config.get("lora_alpha", 8))
         return peft_scaling(float(alpha), self.rank(module), bool(self.config.get("use_rslora", False)))
 
+    def truncated(self, rank: int) -> "LoraAdapter":
+        """The best rank-`rank` approximation of every module's dW (truncated SVD of scaling * B A), as a
+        LoRA adapter with scaling 1 (lora_alpha = r): what a smaller adapter of the same task holds, for
+        comparisons at matched adapter bytes."""
+        config = {**self.config, "r": rank, "lora_alpha": rank, "use_rslora": False, "rank_pattern": {},
+                  "alpha_pattern": {}}
+        out = LoraAdapter(config)
+        for module, (a, b) in self.modules.items():
+            u, s, vt = np.linalg.svd(self.scaling(module) * b.astype(np.float64) @ a.astype(np.float64),
+                                     full_matrices=False)
+            root = np.sqrt(s[:rank])
+            out.modules[module] = ((root[:, None] * vt[:rank]).astype(np.float32),
+                                   (u[:, :rank] * root).astype(np.float32))
+        return out
+
 
 def read_adapter(path: Path) -> LoraAdapter:
     """Read and validate a PEFT LoRA adapter directory; every problem is one HwsimError line."""

@@ -6,7 +6,7 @@ Nothing here imports TVM: `codegen` turns a `Target` into a TVM target.
 """
 
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ class Target:
     energy: EnergySpec | None
     source: Path
     accel: AccelSpec | None = None
+    links: dict[str, float] = field(default_factory=dict)  # "<link>_mb_per_s": what an adapter ships over
 
 
 def _numbers(spec: type) -> dict[str, tuple[type, bool]]:
@@ -99,13 +100,13 @@ def _numbers(spec: type) -> dict[str, tuple[type, bool]]:
 _SECTIONS: dict[str, dict[str, dict[str, tuple[type, bool]]]] = {
     "cpu": {
         "": {"name": (str, True), "kind": (str, True), "description": (str, True), "tvm": (dict, True),
-             "cpu": (dict, True), "energy": (dict, True)},
+             "cpu": (dict, True), "energy": (dict, True), "links": (dict, False)},
         "tvm": {"kind": (str, True), "mcpu": (str, True), "num_cores": (int, True), "mtriple": (str, False),
                 "mattr": (list, False), "mca_cpu": (str, False)},
         "cpu": _numbers(CpuSpec), "energy": _numbers(EnergySpec)},
     "gpu": {
         "": {"name": (str, True), "kind": (str, True), "description": (str, True), "tvm": (dict, True),
-             "gpu": (dict, True), "energy": (dict, True)},
+             "gpu": (dict, True), "energy": (dict, True), "links": (dict, False)},
         "tvm": {"kind": (str, True), "arch": (str, True)},
         "gpu": _numbers(GpuSpec), "energy": _numbers(EnergySpec)},
 }
@@ -129,6 +130,20 @@ def _check(table: dict[str, Any], schema: dict[str, tuple[type, bool]], section:
             raise HwsimError(f"{path}: key '{prefix}{key}' must be >= 0, got {value}")
 
 
+LINK_UNIT = "_mb_per_s"
+
+
+def _links(data: dict[str, Any], path: Path) -> dict[str, float]:
+    """The optional [links] table: each key names a link and ends in its unit, MB/s."""
+    links = data.get("links", {})
+    for key, value in links.items():
+        if not key.endswith(LINK_UNIT) or key == LINK_UNIT:
+            raise HwsimError(f"{path}: key 'links.{key}' must be a link name ending in '{LINK_UNIT}'")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise HwsimError(f"{path}: key 'links.{key}' must be a number above 0, got {value!r}")
+    return {k: float(v) for k, v in links.items()}
+
+
 def load_target_file(path: Path) -> Target:
     try:
         data = tomllib.loads(path.read_text())
@@ -144,11 +159,11 @@ def load_target_file(path: Path) -> Target:
             raise HwsimError(f"{path}: key 'host' must name a CPU target (known: "
                              f"{', '.join(t for t in known_targets() if t != path.stem)}), got {accel.host!r}")
         return Target(name=data["name"], kind=kind, description=data["description"], tvm=None, cpu=None, gpu=None,
-                      energy=None, source=path, accel=accel)
+                      energy=None, source=path, accel=accel, links=_links(data, path))
     sections = _SECTIONS[kind]
     _check(data, sections[""], "", path)
     for section, schema in sections.items():
-        if section:
+        if section and section in data:
             _check(data[section], schema, section, path)
     t = data["tvm"]
     tvm = TvmTarget(kind=t["kind"], mcpu=t.get("mcpu", ""), num_cores=t.get("num_cores", 0), arch=t.get("arch", ""),
@@ -156,7 +171,7 @@ def load_target_file(path: Path) -> Target:
     return Target(name=data["name"], kind=kind, description=data["description"], tvm=tvm,
                   cpu=CpuSpec(**data["cpu"]) if kind == "cpu" else None,
                   gpu=GpuSpec(**data["gpu"]) if kind == "gpu" else None,
-                  energy=EnergySpec(**data["energy"]), source=path)
+                  energy=EnergySpec(**data["energy"]), source=path, links=_links(data, path))
 
 
 def known_targets() -> list[str]:

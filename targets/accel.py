@@ -108,7 +108,7 @@ def _numbers(spec: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[type,
 SECTIONS: dict[str, dict[str, tuple[type, bool]]] = {
     "": {"name": (str, True), "kind": (str, True), "description": (str, True), "clock_mhz": (float, True),
          "host": (str, True), "arrays": (dict, True), "buffers": (dict, True), "vector": (dict, True),
-         "dram": (dict, True), "energy": (dict, True)},
+         "dram": (dict, True), "energy": (dict, True), "links": (dict, False)},
     "array": {"rows": (int, True), "cols": (int, True), "dataflow": (str, True), "pe": (str, True),
               "kinds": (list, True)},
     "buffer": _numbers(BufferSpec),

@@ -197,14 +197,16 @@ def test_bad_accelerator_files_name_the_key(tmp_path: Path, edit: tuple[str, str
 
 
 def test_cli_compiles_for_the_accelerator(tmp_path: Path) -> None:
-    r = CliRunner().invoke(main, ["compile", "--target", "sacc-32x32", "--out", str(tmp_path / "o")])
+    onnx = str(resolve_model(None).path)  # one .onnx file on one target: one build
+    r = CliRunner().invoke(main, ["compile", onnx, "--target", "sacc-32x32", "--shape", "input_ids=1x16", "--out",
+                                  str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     assert "simulated" in r.output and "verified program" in r.output
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert m["simulation"]["cycles"] > 0 and m["simulation"]["simulator_seconds"] < 30  # seconds, not minutes
     text = (tmp_path / "o" / "program.txt").read_text()
     assert text.startswith("# hwsim accelerator program for sacc-32x32") and " HOST " in text
-    r = CliRunner().invoke(main, ["compile", "--target", "sacc-32x32", "--rpc", "127.0.0.1:9", "--out",
+    r = CliRunner().invoke(main, ["compile", onnx, "--target", "sacc-32x32", "--rpc", "127.0.0.1:9", "--out",
                                   str(tmp_path / "r")])
     assert r.exit_code == 2 and "simulated accelerator" in r.output and not (tmp_path / "r").exists()
 

@@ -35,33 +35,39 @@ def mlp_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save(single_node_model("MatMul", {"x": x}, {"w": w}), tmp_path_factory.mktemp("m") / "mm.onnx")
 
 
-def test_default_compile_builds_verifies_and_is_cached(tmp_path: Path) -> None:
+def test_compile_builds_a_matrix_verifies_reports_and_is_cached(tmp_path: Path) -> None:
+    """A built-in model: format variants (and a matched-bytes one) x targets x prefill/decode, a report."""
     out = tmp_path / "out"
-    code, stdout, stderr = run("compile", "--out", str(out))
+    args = ("compile", "--formats", "lora-fp16,lordba", "--target", "host", "--out", str(out), "--runs", "3")
+    code, stdout, stderr = run(*args)
     assert code == 0, stderr
-    assert f"verified artifact: {out / 'model.so'}" in stdout.replace("\n", "")
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["model"]["name"] == "tiny-llama" and m["verification"]["passed"]
+    assert f"report: {out / 'report.html'}" in stdout.replace("\n", "")
+    matrix = json.loads((out / "matrix.json").read_text())
+    assert {v["id"] for v in matrix["variants"]} == {"lora-fp16", "lordba", "lora-fp16@r2"}  # r2: LoRDBA's bytes
+    assert len(matrix["jobs"]) == 6 and all(j["status"] == "ok" for j in matrix["jobs"])
+    m = json.loads((out / "lordba" / "host" / "prefill" / "manifest.json").read_text())
+    assert m["model"]["name"] == "lordba" and m["verification"]["passed"]
     assert m["inputs"] == [{"name": "input_ids", "shape": [1, 16], "dtype": "int64"}]
-    assert m["ir"]["ops"]["MATMUL"] >= 4 * 2 + 7 * 2  # LoRA A/B on q and v, plus every base projection
-    assert {"tvm", "onnxruntime"} <= m["latency"].keys()
-    assert all(m["latency"][k]["provenance"] == "measured" for k in ("tvm", "onnxruntime"))
-    # unchanged inputs: a cache hit that rewrites nothing
-    before = (out / "model.so").stat().st_mtime_ns
-    code, stdout, _ = run("compile", "--out", str(out), "--json")
-    assert code == 0
-    assert json.loads(stdout)["cache_key"] == m["cache_key"]
-    assert (out / "model.so").stat().st_mtime_ns == before
+    assert m["ir"]["ops"]["SIGN_ACCUMULATE"] == 8  # two per adapted projection: q and v of both layers
+    assert {"tvm", "onnxruntime", "roofline"} <= m["latency"].keys()
+    assert m["latency"]["tvm"]["provenance"] == "measured" and m["latency"]["roofline"]["provenance"] == "estimated"
+    decode = json.loads((out / "lordba" / "host" / "decode" / "manifest.json").read_text())
+    assert decode["inputs"][0]["shape"] == [1, 1]
+    # unchanged inputs: every build a cache hit that rewrites nothing
+    before = (out / "lordba" / "host" / "prefill" / "model.so").stat().st_mtime_ns
+    code, stdout, _ = run(*args)
+    assert code == 0 and "(6 cached, 0 failed)" in stdout
+    assert (out / "lordba" / "host" / "prefill" / "model.so").stat().st_mtime_ns == before
 
 
 def test_same_model_and_seed_give_identical_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two cold builds from independent zoo caches: same ONNX bytes, IR dump, library and cache key."""
+    from hwsim.api import compile_model
+
     manifests = []
     for i in range(2):
         monkeypatch.setenv("HWSIM_CACHE_DIR", str(tmp_path / f"cache{i}"))
-        code, stdout, stderr = run("compile", "--out", str(tmp_path / f"out{i}"), "--json")
-        assert code == 0, stderr
-        manifests.append(json.loads(stdout))
+        manifests.append(compile_model(None, out=tmp_path / f"out{i}", runs=3).manifest)
     a, b = manifests
     assert a["model"]["files"] == b["model"]["files"]
     assert a["artifacts"] == b["artifacts"]
@@ -135,13 +141,17 @@ def test_failed_build_leaves_no_partial_output(mlp_onnx: Path, tmp_path: Path) -
     assert leftovers(tmp_path) == []
 
 
-def test_unknown_model_and_target(tmp_path: Path) -> None:
+def test_unknown_model_and_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default output directory is build/MODEL: nothing may be left there
     code, _, stderr = run("compile", "no-such-model")
-    assert_one_line_error(code, stderr, "unknown model 'no-such-model'", "tiny-llama")
+    assert_one_line_error(code, stderr, "no-such-model: not an .onnx file, a built-in model", "tiny-llama")
     code, _, stderr = run("compile", "--target", "no-such-target")
     assert_one_line_error(code, stderr, "unknown target 'no-such-target'", "host")
     code, _, stderr = run("compile", str(tmp_path / "missing.onnx"))
     assert_one_line_error(code, stderr, "no such file")
+    code, _, stderr = run("compile", str(tmp_path / "missing.onnx"), "--target", "host,sacc-32x32")
+    assert_one_line_error(code, stderr, "no such file")
+    assert leftovers(tmp_path) == []  # no build/ directory left behind
 
 
 def test_inspect_summarises_the_default_model() -> None:

@@ -14,7 +14,7 @@ from test_variants import ADAPTER_VARIANTS, BASE_VARIANTS, export
 
 from codegen import cuda
 from hwsim import roofline
-from hwsim.api import compile_model
+from hwsim.api import compile_model, resolve_model
 from hwsim.cli import main
 from hwsim.ir import DType, Graph, Node, Op, TensorType, Value
 from targets import load_target
@@ -96,12 +96,14 @@ def test_word_gemv_computes_the_accumulation(bits: int, m: int, n: int, k: int, 
 
 
 def test_cli_compiles_for_a_gpu_without_one(tmp_path: Path) -> None:
-    r = CliRunner().invoke(main, ["compile", "--target", "jetson-orin", "--out", str(tmp_path / "o")])
+    onnx = str(resolve_model(None).path)  # one .onnx file on one target: one build
+    r = CliRunner().invoke(main, ["compile", onnx, "--target", "jetson-orin", "--shape", "input_ids=1x16", "--out",
+                                  str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     assert "estimated" in r.output and "sm_87" in r.output
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     check_cuda_build(tmp_path / "o", m, "sm_87")
-    r = CliRunner().invoke(main, ["compile", "--target", "nvidia-h100", "--rpc", "127.0.0.1:9", "--out",
+    r = CliRunner().invoke(main, ["compile", onnx, "--target", "nvidia-h100", "--rpc", "127.0.0.1:9", "--out",
                                   str(tmp_path / "r")])
     assert r.exit_code == 2 and "GPU" in r.output and not (tmp_path / "r").exists()
 

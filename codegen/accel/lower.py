@@ -21,9 +21,9 @@ from codegen.accel.tir import TileEvent, schedule_gemm, tile_events
 from hwsim import roofline
 from hwsim.accel.isa import Instr, Opcode, Operand
 from hwsim.accel.program import AccelProgram, DramTensor, LayerPlan
-from hwsim.ir import DType, Graph, Node, Op, OpGroup, Value, accumulate_inputs
+from hwsim.ir import DType, Graph, Node, Op, OpGroup, TensorType, Value, accumulate_inputs
 from targets import Target, load_target
-from targets.accel import ArraySpec
+from targets.accel import AccelSpec, ArraySpec
 
 COMMUTATIVE = {Op.ADD, Op.MUL, Op.MAX, Op.MIN}
 
@@ -107,21 +107,26 @@ def _vector_node(n: Node, spec: Target) -> tuple[Value, Value | None, Operand, f
     if not out.dtype.is_float or any(not v.type.dtype.is_float for v in n.inputs):
         return "non-float operands"
     if len(n.inputs) == 1:
-        return n.inputs[0], None, Operand.NONE, 0.0
+        plan = n.inputs[0], None, Operand.NONE, 0.0
+        return plan if _chunk_fits(accel, out, Operand.NONE) else "the accumulator cannot hold a chunk of it"
     x, y = n.inputs
     if x.type.shape != out.shape and n.op in COMMUTATIVE:
         x, y = y, x
     if x.type.shape != out.shape:
         return "a broadcast first operand"
     if y.type.shape == out.shape:
-        return x, y, Operand.TILE, 0.0
-    if y.type.size == 1 and y.is_const:
-        return x, None, Operand.IMM, scalar(y.data)
-    if out.rank and y.type.size == out.shape[-1] and all(d == 1 for d in y.type.shape[:-1]):
-        if vector_chunk(accel, out.size, out.shape[-1], Operand.ROW) == 0:
-            return "rows too long for the accumulator"
-        return x, y, Operand.ROW, 0.0
-    return "a broadcast the vector unit does not do"
+        plan = x, y, Operand.TILE, 0.0
+    elif y.type.size == 1 and y.is_const:
+        plan = x, None, Operand.IMM, scalar(y.data)
+    elif out.rank and y.type.size == out.shape[-1] and all(d == 1 for d in y.type.shape[:-1]):
+        plan = x, y, Operand.ROW, 0.0
+    else:
+        return "a broadcast the vector unit does not do"
+    return plan if _chunk_fits(accel, out, plan[2]) else "the accumulator cannot hold a chunk of it"
+
+
+def _chunk_fits(accel: AccelSpec, out: TensorType, operand: Operand) -> bool:
+    return vector_chunk(accel, out.size, out.shape[-1] if out.rank else 1, operand) > 0
 
 
 def lower(graph: Graph, target: Target) -> AccelProgram:
@@ -132,7 +137,7 @@ def lower(graph: Graph, target: Target) -> AccelProgram:
     instrs: list[Instr] = []
     layers: list[LayerPlan] = []
     host_cycles: dict[int, int] = {}
-    host_pj: dict[int, float] = {}
+    host_pj: dict[int, tuple[float, float]] = {}
     arrays = {a.name: (i, a) for i, a in enumerate(accel.arrays)}
     for i, n in enumerate(graph.nodes):
         plan = LayerPlan(i, _label(n), n.op.name, "", "", first=len(instrs))
@@ -156,9 +161,9 @@ def lower(graph: Graph, target: Target) -> AccelProgram:
             plan.unit, plan.detail = "vector", f"{operand.name.lower()} operand" if y is not None or imm else ""
         else:
             why = gemm if n.op is Op.MATMUL or n.op in OpGroup.ACCUMULATE else vec
-            seconds = roofline.cpu_node_seconds(n, host)
+            seconds = roofline.node_seconds(n, host)
             host_cycles[i] = max(1, math.ceil(seconds * accel.clock_mhz * 1e6))
-            host_pj[i] = roofline.cpu_node_pj(n, host)
+            host_pj[i] = roofline.node_pj(n, host)
             instrs.append(Instr(Opcode.HOST, i))
             plan.unit, plan.detail = "host", f"{host.name}: {why}"
         plan.last = len(instrs)

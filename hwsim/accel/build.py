@@ -79,4 +79,6 @@ def build_accel(graph: Graph, spec: Target, tmp: Path, inputs: list[np.ndarray],
         "latency": {"simulated": {"provenance": "simulated", "device": spec.name, "model": simulation["model"],
                                   "median_ms": simulation["latency_ms"], "cycles": simulation["cycles"]}},
         "simulation": simulation,
+        "energy": {"provenance": "simulated", "model": simulation["model"], "source": simulation["energy_source"],
+                   "compute_pj": simulation["energy_pj"]["compute"], "memory_pj": simulation["energy_pj"]["memory"]},
     }

@@ -107,12 +107,6 @@ class Instr:
         if unknown:
             raise ValueError(f"{self.op.name} has no fields {sorted(unknown)}")
 
-    def __getattr__(self, name: str) -> int:  # instr.rows etc.; only called when normal lookup fails
-        args = self.__dict__.get("args", {})
-        if name in FIELDS.get(self.__dict__.get("op"), ()):
-            return args.get(name, 0)
-        raise AttributeError(name)
-
     @property
     def queue(self) -> str:
         return QUEUE[self.op]

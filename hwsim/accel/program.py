@@ -47,7 +47,7 @@ class AccelProgram:
     tensors: dict[int, DramTensor]  # id(Value) -> its DRAM region
     layers: list[LayerPlan]
     host_cycles: dict[int, int]  # node index -> host cycles (accelerator clock)
-    host_pj: dict[int, float]
+    host_pj: dict[int, tuple[float, float]]  # node index -> (compute, memory) pJ on the host
     dram_bytes: int
     host: Target = field(repr=False, default=None)
 

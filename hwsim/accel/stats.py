@@ -18,6 +18,8 @@ from hwsim.accel.program import AccelProgram
 from hwsim.accel.timing import ITEM, Timeline
 from targets.accel import AccelSpec
 
+COMPUTE = ("array", "registers", "vector", "host_compute")  # the rest moves data: SRAM, DRAM, host memory
+
 
 def _level(key: str) -> tuple[str, str]:
     """A traffic key ("dram:r", "w:weight", ...) as (memory level, "read" or "write")."""
@@ -82,7 +84,9 @@ def summarise(program: AccelProgram, timeline: Timeline) -> dict[str, Any]:
                 busy["vector"] += timeline.end[i] - timeline.start[i]
                 energy["vector"] += n_el * e.vector_op_pj
             elif ins.op is Opcode.HOST:
-                energy["host"] += program.host_pj.get(plan.index, 0.0)
+                compute, memory = program.host_pj.get(plan.index, (0.0, 0.0))
+                energy["host_compute"] += compute
+                energy["host_memory"] += memory
                 busy["host"] += timeline.end[i] - timeline.start[i]
         starts = [timeline.start[i] for i in idx]
         cycles = (max(timeline.end[i] for i in idx) - min(starts)) if starts else 0
@@ -98,6 +102,7 @@ def summarise(program: AccelProgram, timeline: Timeline) -> dict[str, Any]:
                 totals[name][k] += v
     cycles = timeline.cycles
     energy_total = sum(totals["energy_pj"].values())
+    compute = sum(v for k, v in totals["energy_pj"].items() if k in COMPUTE)
     return {
         "provenance": "simulated",
         "model": f"hwsim cycle-approximate accelerator model, targets/{program.target.name}.toml",
@@ -113,6 +118,7 @@ def summarise(program: AccelProgram, timeline: Timeline) -> dict[str, Any]:
         "bytes": dict(sorted(totals["bytes"].items())),
         "energy_uj": round(energy_total * 1e-6, 4),
         "energy_pj_by_component": {k: round(v, 1) for k, v in sorted(totals["energy_pj"].items())},
+        "energy_pj": {"compute": round(compute, 1), "memory": round(energy_total - compute, 1)},
         "energy_source": f"{e.source} ({e.process_nm} nm); host layers: targets/{program.host.name}.toml",
         "layers": rows,
     }

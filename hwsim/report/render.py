@@ -1,0 +1,189 @@
+"""The report as sections of tables and plots, rendered once to self-contained HTML (plots embedded as
+PNG data URIs, no scripts) and once to Markdown (plots as files beside it)."""
+
+import base64
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+PROV = {"measured": "M", "simulated": "S", "estimated": "E", "counted": "C"}
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    text: str = ""
+    tables: list[Table] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)  # plot names (see plots.PLOTS)
+
+
+def fmt(f: dict[str, Any] | None, digits: int = 3) -> str:
+    """A figure as "value unit [M/S/E/C]"."""
+    if f is None:
+        return "-"
+    v, unit = f["value"], f["unit"]
+    if unit == "bytes":
+        text = f"{v:,.0f} B"
+    elif unit == "ratio":
+        text = f"{v:.2f}x" if v >= 1 or v == 0 else f"{100 * v:.1f}%"
+    elif unit == "relative":
+        text = f"{v:.4f}"
+    else:
+        text = f"{v:.{digits}g} {unit}"
+    return f"{text} [{PROV[f['provenance']]}]"
+
+
+def sections(r: dict[str, Any]) -> list[Section]:
+    variants = [v["id"] for v in r["variants"]]
+    targets = [t["name"] for t in r["targets"]]
+    phases = list(r["phases"])
+    cells = {(c["variant"], c["target"]): c for c in r["cells"]}
+    adapters = {a["variant"]: a for a in r["adapters"]}
+    failed = [(c["variant"], c["target"], e["phase"], e["error"]) for c in r["cells"] for e in c["errors"]]
+    out = []
+
+    shapes = "; ".join(f"{p}: " + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in s.items())
+                       for p, s in r["phases"].items())
+    summary = (f"Model <b>{html.escape(r['model']['name'])}</b> ({html.escape(r['model']['source'])}); "
+               f"phases {html.escape(shapes)}; {len(variants)} variants x {len(targets)} targets. "
+               "Every figure is tagged: [M] measured, [S] simulated, [E] estimated, [C] counted.")
+    if failed:
+        summary += f" <b>{len(failed)} build(s) failed</b>: see Failures."
+    out.append(Section("summary", "Summary", summary, [Table(
+        ["target", "kind", "description"], [[t["name"], t["kind"], t["description"]] for t in r["targets"]])]))
+
+    lat = Table(["variant"] + [f"{t} {p}" for t in targets for p in phases], [])
+    ratio = Table(["variant"] + [f"{t} {p}" for t in targets for p in phases], [])
+    for v in variants:
+        row, rrow = [v], [v]
+        for t in targets:
+            for p in phases:
+                c = cells.get((v, t))
+                figs = c["latency"].get(p, []) if c else []
+                row.append(" / ".join(fmt(f) for f in figs) if figs else ("failed" if c and c["errors"] else "-"))
+                rrow.append(fmt(c["predicted_over_measured"].get(p)) if c else "-")
+        lat.rows.append(row)
+        ratio.rows.append(rrow)
+    tables = [lat]
+    if any(x != "-" for row in ratio.rows for x in row[1:]):
+        tables.append(ratio)
+    out.append(Section("latency", "Latency", "Per variant and target, each phase: every latency the build has, "
+                       "measured first. The second table is the roofline estimate over the measurement where both "
+                       "exist.", tables, ["latency", "pareto"]))
+
+    mem = Table(["variant", "rank", "matched", "base weights", "adapter", "vs fp16 LoRA", "training state"], [])
+    for v in r["variants"]:
+        a = adapters[v["id"]]
+        mem.rows.append([v["id"], str(v.get("rank") or "-"), v["matched"], fmt(a.get("base_weight_bytes")),
+                         fmt(a.get("adapter_bytes")), fmt(a.get("adapter_ratio_vs_lora_fp16")),
+                         fmt(a.get("training_state_bytes"))])
+    peak = Table(["variant"] + [f"{t} {p}" for t in targets for p in phases],
+                 [[v] + [fmt(cells[(v, t)]["peak_activation_bytes"].get(p)) if (v, t) in cells else "-"
+                         for t in targets for p in phases] for v in variants])
+    budget = r.get("matched_bytes_budget")
+    out.append(Section("memory", "Memory", "Base weight and adapter bytes from the packed arrays; at matched adapter "
+                       f"bytes each format takes the largest rank within {fmt(budget)}. Training state: parameters, "
+                       "gradients, Adam moments and the tensors autograd saves, for one step of on-device adapter "
+                       "updates. Second table: peak activation bytes (IR liveness).", [mem, peak], ["footprint"]))
+
+    energy = Table(["variant"] + [f"{t} {p}" for t in targets for p in phases], [])
+    for v in variants:
+        row = [v]
+        for t in targets:
+            for p in phases:
+                e = cells[(v, t)]["energy_per_token"].get(p) if (v, t) in cells else None
+                row.append(f"{fmt(e['total'])} (compute {e['compute']['value']:.3g}, memory "
+                           f"{e['memory']['value']:.3g})" if e else "-")
+        energy.rows.append(row)
+    out.append(Section("energy", "Energy per token", "Simulated (accelerators) or estimated from the target's energy "
+                       "table (CPUs, GPUs), split into compute and memory.", [energy], ["energy"]))
+
+    acc = Table(["variant", "adapter rec. error", "base rec. error", "output rel. error", "cosine"], [])
+    for v in variants:
+        a = adapters[v].get("accuracy", {})
+        acc.rows.append([v] + [fmt(a.get(k)) for k in ("adapter_rel_error", "base_rel_error", "output_rel_error",
+                                                      "cosine_similarity")])
+    out.append(Section("accuracy", "Accuracy cost", "Reconstruction errors of the adapter's dW and the base weights, "
+                       "and the output error on held-in inputs, against the unquantised model (fp32 base + the "
+                       "trained adapter in fp32).", [acc]))
+
+    swap = Table(["variant", "target", "bytes to ship", "time per link"], [])
+    for v in variants:
+        for t in targets:
+            c = cells.get((v, t))
+            if c and c["hot_swap"]:
+                swap.rows.append([v, t, fmt(c["hot_swap"][0]["bytes"]),
+                                  ", ".join(f"{h['link']}: {fmt(h['seconds'])}" for h in c["hot_swap"])])
+    out.append(Section("hotswap", "Adapter hot swap", "Bytes to ship a new adapter and the time to load it over "
+                       "each link the target file declares.", [swap]))
+
+    bo = r.get("branch_overhead")
+    if bo:
+        out.append(Section("overhead", "Adapter branch overhead", f"Prefill of an unmerged r={bo['r']} branch over its "
+                           f"base layer ({bo['tokens']} x {bo['d']}), built by hwsim for the host, interleaved "
+                           "rounds (hwsim.overhead, as bench/kernels.py).", [Table(
+                               ["base layer", "LoRDBA branch", "fp16 LoRA branch", "LoRDBA overhead",
+                                "fp16 LoRA overhead"],
+                               [[fmt(bo[k]) for k in ("base_ms", "lordba_branch_ms", "lora_fp16_branch_ms",
+                                                      "lordba_overhead", "lora_fp16_overhead")]])]))
+    layers = r.get("layers")
+    if layers:
+        out.append(Section("layers", "Per-layer breakdown of the slowest build",
+                           f"{layers['variant']} on {layers['target']} ({layers['phase']}), {layers['provenance']} "
+                           f"({html.escape(layers['source'])}).", [Table(
+                               ["layer", "op", "ran on", "ms"],
+                               [[x["name"], x["op"], x["unit_ran_on"], f"{x['value']:.4g}"] for x in layers["rows"]])],
+                           ["layers"]))
+    out.append(Section("failures", "Failures", "Every build that failed, and why." if failed else
+                       "No build failed.", [Table(["variant", "target", "phase", "error"],
+                                                  [list(f) for f in failed])] if failed else []))
+    return out
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1500px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px}
+th{background:#f0f0f0}h2{border-bottom:2px solid #ddd;padding-bottom:3px;margin-top:28px}
+img{max-width:100%;border:1px solid #eee;margin:6px 0}.note{color:#555;font-size:13px}"""
+
+
+def to_html(secs: list[Section], title: str, images: dict[str, bytes]) -> str:
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    parts.append("<p class='note'>" + " | ".join(f"<a href='#{s.id}'>{html.escape(s.title)}</a>" for s in secs)
+                 + "</p>")
+    for s in secs:
+        parts.append(f"<section id='{s.id}'><h2>{html.escape(s.title)}</h2><p class='note'>{s.text}</p>")
+        for t in s.tables:
+            parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in t.header) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows]
+            parts.append("</table>")
+        for name in s.plots:
+            if name in images:
+                data = base64.b64encode(images[name]).decode()
+                parts.append(f"<img class='plot' id='plot-{name}' alt='{name}' src='data:image/png;base64,{data}'>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def to_markdown(secs: list[Section], title: str, images: dict[str, bytes]) -> str:
+    import re
+
+    lines = [f"# {title}", ""]
+    for s in secs:
+        lines += [f"## {s.title}", "", re.sub(r"</?b>", "**", s.text), ""]
+        for t in s.tables:
+            lines.append("| " + " | ".join(t.header) + " |")
+            lines.append("|" + "---|" * len(t.header))
+            lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in t.rows]
+            lines.append("")
+        lines += [f"![{name}](plots/{name}.png)" for name in s.plots if name in images]
+        lines.append("")
+    return "\n".join(lines)
