@@ -239,14 +239,15 @@ def _summary(m: dict, out_dir: Path) -> list[str]:
 
 @main.command()
 @click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="write the report files here [default: BUILD_DIR]")
 @click.option("--screenshot", type=click.Path(path_type=Path), metavar="PNG",
               help="also render the top of report.html to PNG with headless Chromium (`hwsim setup` installs it)")
-def report(build_dir: Path, screenshot: Path | None) -> None:
+def report(build_dir: Path, out: Path | None, screenshot: Path | None) -> None:
     """Regenerate the report of BUILD_DIR (report.html, report.md, results.json, plots/) from its manifests,
     without rebuilding anything."""
     from hwsim.report import write_report
 
-    path = write_report(build_dir)
+    path = write_report(build_dir, out)
     click.echo(f"report: {path}")
     if screenshot:
         from hwsim.report.browser import screenshot as shoot

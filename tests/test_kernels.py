@@ -139,9 +139,11 @@ def run_scheduled(func, rule, inputs: list[np.ndarray], out_shape: tuple[int, ..
 
 
 @pytest.mark.parametrize("batch, m, n, k, transposed", [
-    ((), 128, 96, 512, False), ((), 3, 16, 40, False), ((), 64, 16, 256, False), ((2, 3), 10, 12, 64, True)])
+    ((), 128, 96, 512, False), ((), 3, 16, 40, False), ((), 64, 16, 256, False), ((2, 3), 10, 12, 64, True),
+    ((1,), 1, 256, 256, False)])
 def test_matmul_schedule_matches_numpy(batch: tuple[int, ...], m: int, n: int, k: int, transposed: bool) -> None:
-    """Packed B panels, K panels, row chunks when there are few column panels, transposed B (attention)."""
+    """Packed B panels, K panels, row chunks when there are few column panels, transposed B (attention), and
+    batch 1 (a GEMV whose unit row loop normalisation drops)."""
     from tvm import te
 
     rng = np.random.default_rng(3)

@@ -8,6 +8,7 @@ K-panel x cols slice of B it is about to stream into a contiguous buffer. Withou
 znver3; with it, ~100 (128x4096x4096, 2 cores). Elementwise epilogues (bias, residual) are inlined.
 """
 
+import math
 from collections.abc import Callable
 
 import tvm
@@ -20,6 +21,10 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
 
 K_PANELS = (256, 128, 64, 32)
+PACK_MIN_ROWS = 4
+# Below this many multiply-adds a GEMM runs on one thread: waking TVM's thread pool costs tens of us, a
+# batch-1 256x256 layer (65k MACs) a few (measured: 75 us parallel, 0.27 ms for the six of tiny-llama)
+PARALLEL_MIN_MACS = 1 << 18
 
 
 def _divisor(n: int, options: tuple[int, ...]) -> int | None:
@@ -66,7 +71,9 @@ def block_gemm(sch: s_tir.Schedule, block: SBlockRV, ext: list[int], target: Tar
         sch.reverse_compute_inline(epilogue)
     sch.unroll(ii)
     sch.vectorize(ji)
-    sch.parallel(sch.fuse(ic, *batch, jo))
+    fused = sch.fuse(ic, *batch, jo)
+    if math.prod(ext) >= PARALLEL_MIN_MACS:
+        sch.parallel(fused)
     sch.decompose_reduction(block, ko)
     sch.vectorize(sch.get_loops(writeback)[-1])
 
@@ -98,7 +105,7 @@ class Matmul(CPUScheduleRule):
             return None
         main = infos[0]
         kinds = "".join(i.kind for i in main.iters)
-        if len(kinds) < 3 or kinds[-1] != "R" or kinds.count("R") != 1 or set(kinds) - {"S", "R"}:
+        if len(kinds) < 2 or kinds[-1] != "R" or kinds.count("R") != 1 or set(kinds) - {"S", "R"}:
             return None
         if not all(isinstance(i.dom, int) or hasattr(i.dom, "value") for i in main.iters):
             return None
@@ -107,8 +114,14 @@ class Matmul(CPUScheduleRule):
             return None
         block = main.block_rv
         stmt = sch.get(block)
-        # pack B only when its rows run along j (x @ W); a transposed B would need a gather per vector
-        pack_b = len(stmt.reads) == 2 and stmt.reads[1].region[-1].min.same_as(stmt.iter_vars[-2].var)
+        # pack B only when its rows run along j (x @ W); a transposed B would need a gather per vector. With
+        # fewer rows than PACK_MIN_ROWS the packed panel is not reused enough to pay for the copy.
+        pack_b = (len(stmt.reads) == 2 and stmt.reads[1].region[-1].min.same_as(stmt.iter_vars[-2].var)
+                  and (len(ext) > 2 and ext[-3] >= PACK_MIN_ROWS))
+        if len(ext) == 2:  # batch 1: normalisation dropped the unit row loop; a GEMV, tiled as a 1-row GEMM
+            j, k = sch.get_loops(block)
+            sch.reorder(sch.add_unit_loop(block), j, k)  # the unit loop comes innermost: move it out
+            ext = [1, *ext]
 
         def pack(ko: LoopRV) -> None:
             panel = sch.cache_read(block, 1, "local")

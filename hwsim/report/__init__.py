@@ -25,18 +25,19 @@ def _write(path: Path, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
-def write_report(root: Path) -> Path:
-    """Collect, validate, plot and render; returns the path of report.html."""
-    root = Path(root)
-    results = collect(root)
+def write_report(root: Path, out: Path | None = None) -> Path:
+    """Collect the build directory `root`, validate, plot and render into `out` (default: `root`); returns the
+    path of report.html."""
+    results = collect(Path(root))
     validate(results)
     images = {name: png for name, make in PLOTS.items() if (png := make(results)) is not None}
     title = f"hwsim report: {results['model']['name']}"
     secs = sections(results)
-    (root / "plots").mkdir(exist_ok=True)
+    out = Path(out or root)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
     for name, png in images.items():
-        _write(root / "plots" / f"{name}.png", png)
-    _write(root / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
-    _write(root / "report.md", to_markdown(secs, title, images))
-    _write(root / "report.html", to_html(secs, title, images))
-    return root / "report.html"
+        _write(out / "plots" / f"{name}.png", png)
+    _write(out / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
+    _write(out / "report.md", to_markdown(secs, title, images))
+    _write(out / "report.html", to_html(secs, title, images))
+    return out / "report.html"
