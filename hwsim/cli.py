@@ -76,7 +76,8 @@ def _csv(values: tuple[str, ...]) -> list[str]:
 @click.option("--shape", "shape", multiple=True, metavar="NAME=DIMS", help=_SHAPE_HELP)
 @click.option("--out", type=click.Path(path_type=Path),
               help="output directory [default: build/MODEL, or build/MODEL/TARGET for one .onnx build]")
-@click.option("--force", is_flag=True, help="replace an existing output directory (and rebuild everything)")
+@click.option("--force", is_flag=True, help="replace an existing output directory that is not a hwsim build (an "
+                                            "unchanged build is always reused, a changed one always rebuilt)")
 @click.option("--jobs", type=int, help="parallel build processes [default: the CPU count]")
 @click.option("--seed", default=0, show_default=True, help="seed of the random verification inputs")
 @click.option("--rtol", default=1e-3, show_default=True,

@@ -131,7 +131,7 @@ def prepare_variants(model: str, adapter: str | None, variants: list[Variant], r
             with torch.no_grad():
                 reference = base.wrapper()(*base.inputs(seed)).numpy()
         base = load_base(model)
-        lora = load_adapter_for(base, adapter)
+        trained = lora = load_adapter_for(base, adapter)
         if lora is not None and v.rank:
             lora = lora.truncated(v.rank)
         report = apply_formats(base, lora, v.adapter_format if lora is not None else None, v.base_format)
@@ -146,14 +146,24 @@ def prepare_variants(model: str, adapter: str | None, variants: list[Variant], r
             cos = (got * reference).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
             info["cosine_similarity"] = float(cos.mean())
         if lora is not None and v.adapter_format:
-            st = adapter_training_state(v.adapter_format, convert_adapter(lora, v.adapter_format), tokens)
+            fitted = convert_adapter(lora, v.adapter_format)
+            st = adapter_training_state(v.adapter_format, fitted, tokens)
             info["training_state"] = {**asdict(st), "total": st.total, "tokens": tokens}
+            # against the trained adapter's dW (a truncated adapter's own dW would hide the truncation)
+            info["adapter_rel_error"] = float(np.mean([_rel(trained, r) for r in fitted]))
         path.parent.mkdir(parents=True, exist_ok=True)
         export_variant(base, path, force=True, seed=seed)
         info["onnx"] = str(path)
         _write_json_atomic(info_path, info)
         out[v.id] = info
     return out
+
+
+def _rel(trained: Any, fitted: Any) -> float:
+    """||dW - dW_hat|| / ||dW|| of one module, dW the trained adapter's (fitted: a ModuleResult)."""
+    a, b = trained.modules[fitted.name]
+    dw = trained.scaling(fitted.name) * b.astype(np.float64) @ a.astype(np.float64)
+    return float(np.linalg.norm(dw - fitted.fitted.reconstruct()) / np.linalg.norm(dw))
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -285,7 +295,8 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
         phases = {"prefill": {n: (1, tokens) for n in inputs}, "decode": {n: (1, 1) for n in inputs}}
     jobs = [Job(v.id, spec.name, phase, tuple(sorted(s.items())), "" if t == spec.name else str(Path(t).resolve()))
             for v in variants for t, spec in zip(targets, specs, strict=True) for phase, s in phases.items()]
-    results = run_jobs(jobs, {v: i["onnx"] for v, i in info.items()}, root, force=force,
+    # the matrix directory is ours: a job whose inputs changed replaces its stale build
+    results = run_jobs(jobs, {v: i["onnx"] for v, i in info.items()}, root, force=True,
                        workers=workers or os.cpu_count() or 1, runs=runs, rpc=rpc, rpc_key=rpc_key, progress=step)
     matrix: dict[str, Any] = {
         "schema": MATRIX_SCHEMA, "model": {"name": name, "source": str(model), "adapter": adapter},

@@ -118,3 +118,26 @@ def test_report_renders_in_headless_chromium(matrix_dir: Path, tmp_path: Path) -
 
     pixels = imread(shot)
     assert pixels.shape[0] > 800 and np.std(pixels) > 0.05  # not a blank page
+
+
+@pytest.mark.slow
+def test_minilm_report_agrees_with_the_formats_library_and_the_kernel_benchmark(tmp_path: Path) -> None:
+    """The trained minilm adapter: the report's LoRDBA-vs-fp16-LoRA byte ratio is the formats library's, and
+    its r=16 branch overhead is the kernel benchmark's measurement at the same shape (within run noise)."""
+    import os
+
+    from hwsim.overhead import branch_overhead
+    from models.variants import evaluate_variants
+
+    compile_matrix("minilm", formats=["lora-fp16", "lordba"], targets=["host"], out=tmp_path / "o", runs=5)
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    adapters = {a["variant"]: a for a in results["adapters"]}
+    library = {r["adapter_format"]: r for r in evaluate_variants("minilm", None, [("lora-fp16", "fp32"),
+                                                                                  ("lordba", "fp32")])}
+    assert adapters["lordba"]["adapter_ratio_vs_lora_fp16"]["value"] == library["lordba"]["adapter_ratio_vs_lora_fp16"]
+    assert adapters["lordba"]["adapter_bytes"]["value"] == library["lordba"]["adapter_bits"] // 8
+    report = results["branch_overhead"]
+    assert (report["tokens"], report["d"], report["r"]) == (16, 384, 16)
+    bench = branch_overhead(16, 384, 16, os.cpu_count() or 1, rounds=5)
+    for key in ("lordba_overhead", "lora_fp16_overhead"):
+        assert report[key]["value"] == pytest.approx(bench[key], abs=0.1, rel=0.5), key

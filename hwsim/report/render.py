@@ -32,7 +32,7 @@ def fmt(f: dict[str, Any] | None, digits: int = 3) -> str:
     if unit == "bytes":
         text = f"{v:,.0f} B"
     elif unit == "ratio":
-        text = f"{v:.2f}x" if v >= 1 or v == 0 else f"{100 * v:.1f}%"
+        text = f"{v:.3g}x"
     elif unit == "relative":
         text = f"{v:.4f}"
     else:
@@ -131,8 +131,9 @@ def sections(r: dict[str, Any]) -> list[Section]:
                            "rounds (hwsim.overhead, as bench/kernels.py).", [Table(
                                ["base layer", "LoRDBA branch", "fp16 LoRA branch", "LoRDBA overhead",
                                 "fp16 LoRA overhead"],
-                               [[fmt(bo[k]) for k in ("base_ms", "lordba_branch_ms", "lora_fp16_branch_ms",
-                                                      "lordba_overhead", "lora_fp16_overhead")]])]))
+                               [[fmt(bo[k]) for k in ("base_ms", "lordba_branch_ms", "lora_fp16_branch_ms")]
+                                + [f"{100 * bo[k]['value']:.1f}% [M]" for k in ("lordba_overhead",
+                                                                              "lora_fp16_overhead")]])]))
     layers = r.get("layers")
     if layers:
         out.append(Section("layers", "Per-layer breakdown of the slowest build",
