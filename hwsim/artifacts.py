@@ -40,6 +40,13 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write beside `path`, then rename over it: a reader sees the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
 def _missing_parents(path: Path) -> list[Path]:
     missing = []
     for p in path.parents:

@@ -257,6 +257,40 @@ def report(build_dir: Path, out: Path | None, screenshot: Path | None) -> None:
 
 
 @main.command()
+@click.argument("spec")
+@click.option("--out", type=click.Path(path_type=Path), help="output directory [default: build/sweeps/SPEC]")
+@click.option("--jobs", type=int, help="local worker processes [default: the CPU count]")
+@click.option("--scheduler", metavar="tcp://HOST:PORT", help="run the points on this Dask distributed cluster")
+@click.option("--force", is_flag=True, help="use an existing output directory that is not a hwsim sweep")
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON instead of a summary")
+def sweep(spec: str, out: Path | None, jobs: int | None, scheduler: str | None, force: bool, as_json: bool) -> None:
+    """Sweep accelerator configurations x adapter formats and ranks (SPEC: a .toml file, or a built-in sweep
+    in targets/sweeps/, e.g. sacc-64).
+
+    Each point lowers the variant to the configured accelerator, simulates it and (with verify) runs it
+    functionally against the interpreter. Points run on --jobs local processes or, with --scheduler, on a
+    Dask cluster; each finished point is committed to points.sqlite in the output directory, so a killed
+    sweep, rerun, skips what finished. Ends with report.html / report.md / results.json: every point, the
+    Pareto-optimal ones per format (latency, energy, area proxy) and the failures.
+    """
+    from hwsim.sweep import run_sweep
+
+    with err_console.status("starting", spinner="dots") as status:
+        result = run_sweep(Path(spec) if spec.endswith(".toml") else spec, out=out, jobs=jobs, scheduler=scheduler,
+                           force=force, progress=lambda m: status.update(m + " ..."))
+    if as_json:
+        click.echo((result.root / "results.json").read_text())
+        return
+    ok = [r for r in result.rows if r["status"] == "ok"]
+    run = result.run
+    console = _console()
+    console.print(f"{len(result.rows)} points ({len(ok)} ok, {len(result.rows) - len(ok)} failed): computed "
+                  f"{run['computed']} ({run['executor']}, {run['points_per_second']:.3g} points/s), skipped "
+                  f"{run['skipped']} already done", highlight=False)
+    console.print(f"report: {result.report}", highlight=False)
+
+
+@main.command()
 @click.option("--check", is_flag=True, help="only report what is missing; install nothing")
 def setup(check: bool) -> None:
     """Install the cross toolchain ARM targets need (aarch64 g++, qemu-aarch64, llvm-mca-19) and Chromium.

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hwsim.artifacts import sha256_file, source_hash
+from hwsim.artifacts import sha256_file, source_hash, write_atomic
 from hwsim.errors import HwsimError
 from targets import load_target
 
@@ -167,9 +167,7 @@ def _rel(trained: Any, fitted: Any) -> float:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _run_job(job: Job, onnx: str, root: str, force: bool, runs: int, rpc: str | None,

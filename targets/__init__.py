@@ -149,6 +149,11 @@ def load_target_file(path: Path) -> Target:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise HwsimError(f"{path}: invalid TOML ({e})") from None
+    return target_from_data(data, path)
+
+
+def target_from_data(data: dict[str, Any], path: Path) -> Target:
+    """A target from parsed TOML, validated as if loaded from `path` (sweeps patch a file's tables)."""
     kind = data.get("kind")
     if kind not in KINDS:
         raise HwsimError(f"{path}: key 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")

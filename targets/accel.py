@@ -84,6 +84,15 @@ class AccelEnergy:
 
 
 @dataclass(frozen=True)
+class AreaSpec:
+    """A relative area proxy for ranking designs (an fp16 MAC PE = 1)."""
+
+    mac_pe_units: float
+    adder_pe_units: float
+    sram_units_per_kib: float
+
+
+@dataclass(frozen=True)
 class AccelSpec:
     clock_mhz: float
     host: str  # the CPU target that runs what the accelerator lacks
@@ -92,6 +101,13 @@ class AccelSpec:
     vector: VectorSpec
     dram: DramSpec
     energy: AccelEnergy
+    area: AreaSpec
+
+    def area_units(self) -> float:
+        """PEs at their kind's area plus the buffers' KiB at the SRAM's."""
+        pes = sum(a.pes * (self.area.mac_pe_units if a.pe == "mac" else self.area.adder_pe_units)
+                  for a in self.arrays)
+        return pes + sum(b.kib for b in self.buffers.values()) * self.area.sram_units_per_kib
 
     def array_for(self, kind: str) -> ArraySpec | None:
         """The array that takes `kind` natively with the most PEs, else the largest that takes it at all."""
@@ -108,13 +124,14 @@ def _numbers(spec: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[type,
 SECTIONS: dict[str, dict[str, tuple[type, bool]]] = {
     "": {"name": (str, True), "kind": (str, True), "description": (str, True), "clock_mhz": (float, True),
          "host": (str, True), "arrays": (dict, True), "buffers": (dict, True), "vector": (dict, True),
-         "dram": (dict, True), "energy": (dict, True), "links": (dict, False)},
+         "dram": (dict, True), "energy": (dict, True), "area": (dict, True), "links": (dict, False)},
     "array": {"rows": (int, True), "cols": (int, True), "dataflow": (str, True), "pe": (str, True),
               "kinds": (list, True)},
     "buffer": _numbers(BufferSpec),
     "vector": {"lanes": (int, True), "ops": (list, True)},
     "dram": _numbers(DramSpec),
     "energy": {"source": (str, True), **_numbers(AccelEnergy, exclude=("source",))},
+    "area": _numbers(AreaSpec),
 }
 
 
@@ -158,9 +175,10 @@ def parse_accel(data: dict[str, Any], path: Path, check: Any) -> AccelSpec:
         _choice(path, "vector.ops", op, VECTOR_OPS)
     check(data["dram"], SECTIONS["dram"], "dram", path)
     check(data["energy"], SECTIONS["energy"], "energy", path)
+    check(data["area"], SECTIONS["area"], "area", path)
     if not data["dram"]["bandwidth_bytes_per_cycle"] or not data["vector"]["lanes"] or not data["clock_mhz"]:
         raise HwsimError(f"{path}: keys 'clock_mhz', 'vector.lanes' and 'dram.bandwidth_bytes_per_cycle' must be "
                          "above zero")
     return AccelSpec(clock_mhz=float(data["clock_mhz"]), host=data["host"], arrays=tuple(arrays), buffers=buffers,
                      vector=VectorSpec(data["vector"]["lanes"], tuple(data["vector"]["ops"])),
-                     dram=DramSpec(**data["dram"]), energy=AccelEnergy(**data["energy"]))
+                     dram=DramSpec(**data["dram"]), energy=AccelEnergy(**data["energy"]), area=AreaSpec(**data["area"]))

@@ -58,6 +58,10 @@ ops = ["ADD"]
 [dram]
 bandwidth_bytes_per_cycle = {bandwidth}
 latency_cycles = 0
+[area]
+mac_pe_units = 1.0
+adder_pe_units = 0.45
+sram_units_per_kib = 1.6
 [energy]
 source = "peer configuration"
 process_nm = 45

@@ -2,12 +2,12 @@
 (self-contained) and report.md with plots/, all regenerated from the manifests by `hwsim report`."""
 
 import json
-import os
 from pathlib import Path
 
+from hwsim.artifacts import write_atomic
 from hwsim.report.collect import collect
 from hwsim.report.plots import PLOTS
-from hwsim.report.render import sections, to_html, to_markdown
+from hwsim.report.render import Section, sections, to_html, to_markdown
 
 SCHEMA = Path(__file__).with_name("results.schema.json")
 
@@ -19,10 +19,15 @@ def validate(results: dict) -> None:
     jsonschema.validate(results, json.loads(SCHEMA.read_text()))
 
 
-def _write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+def publish(out: Path, title: str, secs: list[Section], images: dict[str, bytes], results: dict) -> Path:
+    """plots/*.png, results.json, report.md and report.html in `out`, each written atomically."""
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    for name, png in images.items():
+        write_atomic(out / "plots" / f"{name}.png", png)
+    write_atomic(out / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_atomic(out / "report.md", to_markdown(secs, title, images))
+    write_atomic(out / "report.html", to_html(secs, title, images))
+    return out / "report.html"
 
 
 def write_report(root: Path, out: Path | None = None) -> Path:
@@ -31,13 +36,4 @@ def write_report(root: Path, out: Path | None = None) -> Path:
     results = collect(Path(root))
     validate(results)
     images = {name: png for name, make in PLOTS.items() if (png := make(results)) is not None}
-    title = f"hwsim report: {results['model']['name']}"
-    secs = sections(results)
-    out = Path(out or root)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    for name, png in images.items():
-        _write(out / "plots" / f"{name}.png", png)
-    _write(out / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
-    _write(out / "report.md", to_markdown(secs, title, images))
-    _write(out / "report.html", to_html(secs, title, images))
-    return out / "report.html"
+    return publish(Path(out or root), f"hwsim report: {results['model']['name']}", sections(results), images, results)

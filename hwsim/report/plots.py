@@ -15,7 +15,7 @@ HATCH = {"measured": "", "simulated": "//", "estimated": ".."}
 DPI = 110
 
 
-def _png(fig: Any) -> bytes:
+def png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -73,7 +73,7 @@ def latency_plot(results: dict) -> bytes:
             return (best["value"], best["provenance"]) if best else None
         _grouped(ax, results, value, f"latency, {phase} (plain: measured, //: simulated, ..: estimated)", "ms")
     _legend(axes[0][0])
-    return _png(fig)
+    return png(fig)
 
 
 def energy_plot(results: dict) -> bytes:
@@ -85,7 +85,7 @@ def energy_plot(results: dict) -> bytes:
             return (e["total"]["value"], e["total"]["provenance"]) if e else None
         _grouped(ax, results, value, f"energy per token, {phase}", "uJ / token")
     _legend(axes[0][0])
-    return _png(fig)
+    return png(fig)
 
 
 def footprint_plot(results: dict) -> bytes:
@@ -105,7 +105,7 @@ def footprint_plot(results: dict) -> bytes:
     ax.set_ylabel("bytes (counted; training state measured)")
     ax.set_title("memory footprint")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def pareto_plot(results: dict) -> bytes:
@@ -136,7 +136,7 @@ def pareto_plot(results: dict) -> bytes:
     ax.set_ylabel(f"{phase} latency, ms")
     ax.set_title("latency vs adapter bytes (lines: Pareto front per target)")
     _legend(ax)
-    return _png(fig)
+    return png(fig)
 
 
 def layers_plot(results: dict) -> bytes | None:
@@ -150,7 +150,7 @@ def layers_plot(results: dict) -> bytes | None:
     ax.set_xlabel(f"ms ({layers['provenance']})")
     ax.set_title(f"slowest build: {layers['variant']} on {layers['target']} ({layers['phase']})", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 PLOTS = {"latency": latency_plot, "energy": energy_plot, "footprint": footprint_plot, "pareto": pareto_plot,
