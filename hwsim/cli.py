@@ -285,7 +285,8 @@ def sweep(spec: str, out: Path | None, jobs: int | None, scheduler: str | None, 
     run = result.run
     console = _console()
     console.print(f"{len(result.rows)} points ({len(ok)} ok, {len(result.rows) - len(ok)} failed): computed "
-                  f"{run['computed']} ({run['executor']}, {run['points_per_second']:.3g} points/s), skipped "
+                  f"{run['computed']} ({run['executor']}, {run['points_per_second']:.3g} points/s, "
+                  f"{run['steady_points_per_second']:.3g} after start-up), skipped "
                   f"{run['skipped']} already done", highlight=False)
     console.print(f"report: {result.report}", highlight=False)
 

@@ -75,8 +75,15 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
                 "worker": os.getpid()}
 
 
+def one_thread_each() -> None:
+    """Worker initialiser: one BLAS thread per worker process, so N workers use N cores, not N x cores."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def _local(tasks: list[dict[str, Any]], jobs: int) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=one_thread_each) as pool:
         futures = {pool.submit(run_point, t): t for t in tasks}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
@@ -105,13 +112,18 @@ def execute(tasks: list[dict[str, Any]], store: Store, *, jobs: int, scheduler: 
     """Run `tasks` (points not in the store yet) and commit each result as it arrives."""
     run_id = uuid.uuid4().hex[:12]
     t0 = time.perf_counter()
+    first = last = t0
     done = 0
     stream = _dask(tasks, scheduler) if scheduler else _local(tasks, jobs)
     for task, row in stream:
         store.put(task["point"], row, run_id)
         done += 1
+        last = time.perf_counter()
+        first = last if done == 1 else first
         progress(done, len(tasks))
-    seconds = time.perf_counter() - t0
-    return {"run": run_id, "computed": done, "seconds": seconds,
+    seconds = last - t0
+    return {"run": run_id, "computed": done, "seconds": seconds, "startup_seconds": first - t0,
             "points_per_second": done / seconds if seconds and done else float(np.nan),
+            # after the first point: worker start-up (imports, TVM) excluded
+            "steady_points_per_second": (done - 1) / (last - first) if done > 1 and last > first else float(np.nan),
             "executor": f"dask at {scheduler}" if scheduler else f"local pool, {jobs} process(es)"}
