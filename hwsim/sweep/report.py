@@ -65,8 +65,8 @@ def write_sweep_report(root: Path, spec: Any, rows: list[dict[str, Any]], run: d
     secs = [Section("summary", "Summary",
                     f"{len(rows)} points of {spec.path.name} ({spec.model} on {spec.target_file.name}); {len(ok)} ok, "
                     f"{len(failed)} failed. This run computed {run['computed']} ({run['executor']}, "
-                    f"{run['points_per_second']:.3g} points/s, {run['steady_points_per_second']:.3g} after the workers started) "
-                    "and skipped {run['skipped']} already in the store. "
+                    f"{run['points_per_second']:.3g} points/s, {run['steady_points_per_second']:.3g} after the workers "
+                    f"started) and skipped {run['skipped']} already in the store. "
                     "Latency and energy are simulated (hwsim's accelerator model, one prefill); the area is the "
                     "target file's relative proxy.",
                     [Table(["axis", "values"], [[a, ", ".join(f"{v:g}" for v in vs)] for a, vs in spec.axes.items()])],
