@@ -59,19 +59,6 @@ class _TernarySTE(torch.autograd.Function):
         return grad
 
 
-class TernaryLoraBranch(torch.nn.Module):
-    """A LoRA branch whose factors are ternarised in the forward pass (quantisation-aware training)."""
-
-    def __init__(self, a: np.ndarray, b: np.ndarray, scaling: float):
-        super().__init__()
-        self.a = torch.nn.Parameter(torch.from_numpy(np.asarray(a, np.float32).copy()))
-        self.b = torch.nn.Parameter(torch.from_numpy(np.asarray(b, np.float32).copy()))
-        self.scaling = scaling
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ _TernarySTE.apply(self.a).T) @ _TernarySTE.apply(self.b).T * self.scaling
-
-
 class LoraBranch(torch.nn.Module):
     """A plain LoRA branch with trainable fp32 factors: the baseline for training memory."""
 
@@ -83,6 +70,13 @@ class LoraBranch(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x @ self.a.T) @ self.b.T * self.scaling
+
+
+class TernaryLoraBranch(LoraBranch):
+    """A LoRA branch whose factors are ternarised in the forward pass (quantisation-aware training)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ _TernarySTE.apply(self.a).T) @ _TernarySTE.apply(self.b).T * self.scaling
 
 
 @dataclass(frozen=True)

@@ -74,12 +74,18 @@ def decode_gemv(m: int, n: int, k: int, name: str, bits: int, fused: Fused = UNF
         if buf != "words":  # the lane's `per` activations (and pre-scales) as float4 loads
             _, vec = sch.split(sch.get_loops(local)[-1], factors=[None, 4])
             sch.vectorize(vec)
+    _bind_warp_per_row(sch, i, ob, oy, lane)
+    sch.unroll(f)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _bind_warp_per_row(sch: s_tir.Schedule, i: s_tir.schedule.LoopRV, ob: s_tir.schedule.LoopRV,
+                       oy: s_tir.schedule.LoopRV, lane: s_tir.schedule.LoopRV) -> None:
+    """Activation rows x row blocks on the grid, a warp per weight row in the block, its lanes along K."""
     sch.bind(i, "blockIdx.y")
     sch.bind(ob, "blockIdx.x")
     sch.bind(oy, "threadIdx.y")
     sch.bind(lane, "threadIdx.x")  # a reduction loop on threads: TVM emits the warp-shuffle allreduce
-    sch.unroll(f)
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 def gpu_fusable(m: int, fused: Fused) -> Fused:
@@ -125,9 +131,6 @@ def decode_matmul(m: int, n: int, k: int, name: str, bits: int, fused: Fused = U
         ro, field = ro, lane
         ro, lane = sch.split(ro, factors=[None, 32])
     sch.reorder(i, ob, oy, lane, ro, field)
-    sch.bind(i, "blockIdx.y")
-    sch.bind(ob, "blockIdx.x")
-    sch.bind(oy, "threadIdx.y")
-    sch.bind(lane, "threadIdx.x")  # a reduction loop on threads: TVM emits the warp-shuffle allreduce
+    _bind_warp_per_row(sch, i, ob, oy, lane)
     sch.unroll(field)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
