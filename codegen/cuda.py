@@ -17,6 +17,7 @@ from tvm import relax
 from tvm.relax.backend.cuda import pipeline as cuda_generic
 from tvm.s_tir import dlight as dl
 
+from codegen import host
 from codegen.schedules.guard import Guarded
 from hwsim.artifacts import sha256_file
 from hwsim.errors import HwsimError
@@ -132,9 +133,7 @@ def load(path: Path) -> relax.VirtualMachine:
 
 
 def run(vm: relax.VirtualMachine, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    dev = tvm.cuda(0)
-    out = vm["main"](*[tvm.runtime.tensor(x, dev) for x in inputs])
-    return [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
+    return host.run(vm, inputs, tvm.cuda(0))
 
 
 def time_ms(vm: relax.VirtualMachine, inputs: list[np.ndarray], repeat: int) -> list[float]:

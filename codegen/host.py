@@ -52,8 +52,10 @@ def load(path: Path) -> relax.VirtualMachine:
     return relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu(0))
 
 
-def run(vm: relax.VirtualMachine, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    dev = tvm.cpu(0)
+def run(vm: relax.VirtualMachine, inputs: list[np.ndarray], dev: tvm.runtime.Device | None = None
+        ) -> list[np.ndarray]:
+    """Run `main` on the inputs, copied to dev (the CPU unless given); outputs as numpy arrays."""
+    dev = tvm.cpu(0) if dev is None else dev
     out = vm["main"](*[tvm.runtime.tensor(x, dev) for x in inputs])
     return [out.numpy()] if hasattr(out, "numpy") else [o.numpy() for o in out]
 

@@ -1,7 +1,12 @@
 """The accumulate op's extras (pre-scale [k], post-scale [n], addend [m, n]) as TE tensors, shared by the TE
-kernels: placeholders in the kernel signature's order, and the epilogue y * post + add."""
+kernels: placeholders in the kernel signature's order, the decoded (pre-scaled) weights and the epilogue
+y * post + add."""
+
+from collections.abc import Callable
 
 from tvm import te
+from tvm.ir.expr import Expr
+from tvm.tirx import Select, const
 
 from codegen.kernels import Fused
 
@@ -10,6 +15,21 @@ def placeholders(fused: Fused, m: int, n: int, k: int) -> dict[str, te.Tensor]:
     shapes = {"pre": (k,), "post": (n,), "add": (m, n)}
     return {name: te.placeholder(shape, "float32", name=name) for name, shape in shapes.items()
             if getattr(fused, name)}
+
+
+def decoder(packed: te.Tensor, extra: dict[str, te.Tensor], bits: int) -> Callable[[Expr, Expr], Expr]:
+    """Weight (o, kk) of a packed sign (bits=1) or trit (bits=2, code t + 1) matrix [n, k / per], times the
+    fused pre-scale of column kk when there is one: the one decoding rule of the TE kernels."""
+    per = 8 // bits
+
+    def weight(o: Expr, kk: Expr) -> Expr:
+        f = (packed[o, kk // per] >> ((kk % per) * bits).astype("uint8")) & const((1 << bits) - 1, "uint8")
+        one = extra["pre"][kk] if "pre" in extra else const(1.0, "float32")
+        if bits == 1:
+            return Select(f == const(1, "uint8"), one, -one)
+        return (f.astype("float32") - const(1.0, "float32")) * one
+
+    return weight
 
 
 def epilogue(y: te.Tensor, extra: dict[str, te.Tensor]) -> te.Tensor:

@@ -21,7 +21,7 @@ from tvm import s_tir, te, tirx
 from tvm.tirx import Select, const
 
 from codegen.kernels import UNFUSED, Fused
-from codegen.kernels.extras import epilogue, placeholders, signature
+from codegen.kernels.extras import decoder, epilogue, placeholders, signature
 
 GEMV_MAX_ROWS = 8
 ROWS_PER_BLOCK = 4  # warps per thread block
@@ -105,14 +105,7 @@ def decode_matmul(m: int, n: int, k: int, name: str, bits: int, fused: Fused = U
     packed = te.placeholder((n, k // per), "uint8", name="packed")
     extra = placeholders(fused, m, n, k)
 
-    def decode(o, kk):
-        f = (packed[o, kk // per] >> ((kk % per) * bits).astype("uint8")) & const((1 << bits) - 1, "uint8")
-        one = extra["pre"][kk] if "pre" in extra else const(1.0, "float32")
-        if bits == 1:
-            return Select(f == const(1, "uint8"), one, -one)
-        return (f.astype("float32") - const(1.0, "float32")) * one  # trit code t + 1
-
-    w = te.compute((n, k), decode, name="decode")
+    w = te.compute((n, k), decoder(packed, extra, bits), name="decode")
     r = te.reduce_axis((0, k), name="r")
     y = te.compute((m, n), lambda i, o: te.sum(x[i, r] * w[o, r], axis=r), name="y")
     # opaque to Relax's operator fusion (as the CPU kernels): FuseTIR cannot merge a kernel called twice in a group

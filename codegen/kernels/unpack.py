@@ -11,10 +11,9 @@ much as the product, so `lut` or `select` take those shapes.
 
 from tvm import s_tir, te, tirx
 from tvm.target import Target
-from tvm.tirx import Select, const
 
 from codegen.kernels import UNFUSED, Fused
-from codegen.kernels.extras import epilogue, placeholders, signature
+from codegen.kernels.extras import decoder, epilogue, placeholders, signature
 from codegen.schedules.cpu import block_gemm
 
 
@@ -24,14 +23,8 @@ def unpack_te(m: int, n: int, k: int, bits: int, fused: Fused = UNFUSED) -> list
     x = te.placeholder((m, k), "float32", name="x")
     extra = placeholders(fused, m, n, k)
 
-    def decode(kk, o):
-        f = (packed[o, kk // per] >> ((kk % per) * bits).astype("uint8")) & const((1 << bits) - 1, "uint8")
-        one = extra["pre"][kk] if "pre" in extra else const(1.0, "float32")
-        if bits == 1:
-            return Select(f == const(1, "uint8"), one, -one)
-        return (f.astype("float32") - const(1.0, "float32")) * one  # trit code t + 1
-
-    w = te.compute((k, n), decode, name="w")
+    weight = decoder(packed, extra, bits)
+    w = te.compute((k, n), lambda kk, o: weight(o, kk), name="w")
     r = te.reduce_axis((0, k), name="r")
     y = te.compute((m, n), lambda i, o: te.sum(x[i, r] * w[r, o], axis=r), name="y")
     return signature(x, packed, extra, epilogue(y, extra))
