@@ -4,6 +4,7 @@
 build -> verification against onnxruntime -> measurement, and writes an output directory atomically.
 """
 
+import functools
 import json
 import os
 import platform
@@ -29,13 +30,17 @@ from hwsim.artifacts import (
     tool_versions,
     write_json,
 )
-from hwsim.errors import HwsimError, VerificationError
+from hwsim.buildcache import deterministic, failure_line, file_hash, lookup
+from hwsim.buildcache import record_failure as record_failure_at
+from hwsim.errors import CachedFailure, HwsimError
 from hwsim.frontend import import_model, load_onnx
 from hwsim.frontend.importer import graph_name
 from hwsim.ir import Graph, print_graph
 from hwsim.memory import memory_report
 from hwsim.passes import DEFAULT_PIPELINE, run_pipeline
-from hwsim.reference import compare, onnxruntime_session, random_inputs, run_onnxruntime, time_onnxruntime
+from hwsim.precision import RULE as VERIFICATION_RULE
+from hwsim.precision import Reference, reference, verify_outputs
+from hwsim.reference import onnxruntime_session, random_inputs, time_onnxruntime
 from models.zoo import DEFAULT_MODEL, ZOO, zoo_dir, zoo_onnx
 from targets import Target, load_target
 
@@ -105,16 +110,55 @@ def default_out_dir(src: ModelSource, target: Target) -> Path:
     return Path("build") / src.name / target.name
 
 
+@dataclass(frozen=True)
+class BuildPlan:
+    """What one build is and where it goes: enough to find it in the cache without building anything."""
+
+    src: ModelSource
+    spec: Target
+    out_dir: Path
+    key: str  # content hash of (model files, options, target, CPU, tool versions, hwsim's source)
+    options: dict[str, Any]
+    hashes: dict[Path, str]
+
+
+def plan_build(model: str | None = None, *, target: str = "host", shapes: dict[str, tuple[int, ...]] | None = None,
+               out: Path | None = None, seed: int = 0, rtol: float = 1e-3, runs: int = 20, rpc: str | None = None,
+               rpc_key: str | None = None, progress: Progress | None = None) -> BuildPlan:
+    """Resolve the model and target and compute the build's cache key; builds nothing (cheap enough to
+    look up every job of a matrix before starting any)."""
+    spec = load_target(target)
+    src = resolve_model(model, progress)
+    out_dir = Path(out) if out else default_out_dir(src, spec)
+    hashes = {f: file_hash(f) for f in _model_files(src.path) if f.is_file()}
+    options = {"shapes": {k: list(v) for k, v in sorted((shapes or {}).items())}, "seed": seed, "rtol": rtol,
+               "runs": runs, "rpc": rpc, "rpc_key": rpc_key}
+    key = sha256_json({"model": list(hashes.values()), "options": options,
+                       "default_shapes": {k: list(v) for k, v in src.default_shapes.items()},
+                       "target": spec.source.read_text(), "cpu": cpu_name(), "tools": tool_versions(),
+                       "gpu": _gpu_name() if spec.kind == "gpu" else None,
+                       "source": source_hash(), "verification": VERIFICATION_RULE})
+    return BuildPlan(src, spec, out_dir, key, options, hashes)
+
+
+@functools.cache
+def _gpu_name() -> str:
+    return cuda.device_name()
+
+
 def compile_model(model: str | None = None, *, target: str = "host",
                   shapes: dict[str, tuple[int, ...]] | None = None, out: Path | None = None,
                   force: bool = False, seed: int = 0, rtol: float = 1e-3, runs: int = 20,
-                  rpc: str | None = None, rpc_key: str | None = None,
-                  progress: Progress | None = None) -> CompileResult:
+                  rpc: str | None = None, rpc_key: str | None = None, record_failure: bool = False,
+                  retry_failed: bool = False, progress: Progress | None = None) -> CompileResult:
     """Compile, verify and measure; returns the output directory and its manifest.
 
     An output directory that already holds a build with the same cache key is reused (a warm
     rebuild is a cache hit); any other existing directory needs `force`. With `rpc` (HOST:PORT of a
     TVM RPC server, or of a tracker with `rpc_key`) the artifact is also verified and timed there.
+    With `record_failure`, a build that fails for a reason its inputs determine (verification, an
+    unsupported op, a compiler error) leaves failure.json under its cache key, and the same build later
+    raises CachedFailure at once, unless `retry_failed`.
     """
     step = progress or (lambda _msg: None)
     step("resolving model")
@@ -131,39 +175,30 @@ def compile_model(model: str | None = None, *, target: str = "host",
         check_reachable(rpc)
     if rpc_key and not rpc:
         raise HwsimError("--rpc-key needs --rpc HOST:PORT of the tracker")
-    src = resolve_model(model, step)
-    out_dir = Path(out) if out else default_out_dir(src, spec)
-    hashes = {f: sha256_file(f) for f in _model_files(src.path) if f.is_file()}
-    options = {"shapes": {k: list(v) for k, v in sorted((shapes or {}).items())}, "seed": seed, "rtol": rtol,
-               "runs": runs, "rpc": rpc, "rpc_key": rpc_key}
-    key = sha256_json({"model": list(hashes.values()), "options": options,
-                       "default_shapes": {k: list(v) for k, v in src.default_shapes.items()},
-                       "target": spec.source.read_text(), "cpu": cpu_name(), "tools": tool_versions(),
-                       "gpu": cuda.device_name() if spec.kind == "gpu" else None,
-                       "source": source_hash()})
-    cached = _cached_manifest(out_dir, key)
-    if cached is not None:
-        return CompileResult(out_dir, cached, cached=True)
+    plan = plan_build(model, target=target, shapes=shapes, out=out, seed=seed, rtol=rtol, runs=runs, rpc=rpc,
+                      rpc_key=rpc_key, progress=step)
+    src, out_dir = plan.src, plan.out_dir
+    found = lookup(plan.out_dir, plan.key)
+    if found is not None and found.get("status") != "failed":
+        return CompileResult(out_dir, found, cached=True)
+    if found is not None and not retry_failed:
+        raise CachedFailure(failure_line(found))
     if out_dir.exists() and not force:
         raise HwsimError(f"{out_dir} already exists and holds a different build: pass --force to replace it, "
                          "or choose another --out")
-    with atomic_dir(out_dir, force=force) as tmp:
-        manifest = _build(src, spec, shapes, tmp, seed=seed, rtol=rtol, runs=runs, rpc=rpc, rpc_key=rpc_key,
-                          step=step)
-        manifest.update(cache_key=key, options=options,
-                        model={"name": src.name, "path": str(src.path), "builtin": src.builtin,
-                               "files": {f.name: h for f, h in hashes.items()}})
-        write_json(tmp / "manifest.json", manifest)
-    return CompileResult(out_dir, manifest, cached=False)
-
-
-def _cached_manifest(out_dir: Path, key: str) -> dict[str, Any] | None:
     try:
-        manifest = json.loads((out_dir / "manifest.json").read_text())
-        files = [out_dir / a["file"] for a in manifest["artifacts"].values()]
-    except (OSError, ValueError, KeyError, TypeError):  # no manifest, or not one of ours
-        return None
-    return manifest if manifest.get("cache_key") == key and all(f.is_file() for f in files) else None
+        with atomic_dir(out_dir, force=force) as tmp:
+            manifest = _build(src, spec, shapes, tmp, seed=seed, rtol=rtol, runs=runs, rpc=rpc, rpc_key=rpc_key,
+                              step=step)
+            manifest.update(cache_key=plan.key, options=plan.options,
+                            model={"name": src.name, "path": str(src.path), "builtin": src.builtin,
+                                   "files": {f.name: h for f, h in plan.hashes.items()}})
+            write_json(tmp / "manifest.json", manifest)
+    except Exception as e:
+        if record_failure and deterministic(e):
+            record_failure_at(out_dir, plan.key, e, plan.options)
+        raise
+    return CompileResult(out_dir, manifest, cached=False)
 
 
 def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | None, tmp: Path, *,
@@ -192,6 +227,7 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     threads = int(tvm_target.attrs.get("num-cores", os.cpu_count() or 1))
     inputs = random_inputs(graph, seed)
     names = [v.name for v in graph.inputs]
+    feeds = dict(zip(names, inputs, strict=True))
     session = onnxruntime_session(src.path, min(threads, os.cpu_count() or 1))
     gpu_build: cuda.GpuBuild | None = None
     if spec.kind == "gpu":
@@ -221,36 +257,14 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
         def execute(xs: list[np.ndarray]) -> list[np.ndarray]:
             return host.run(vm, xs)
 
-    def ref_outputs() -> list[np.ndarray]:
-        return run_onnxruntime(session, names, inputs)
-
-    def verify() -> list[dict[str, Any]]:
-        ref = ref_outputs()
-        got = execute(inputs)
-        oracle = interp.run(graph, dict(zip(names, inputs, strict=True)))
-        out_names = [o.name for o in session.get_outputs()]
-        rows = []
-        for name, g, r, o in zip(out_names, got, ref, oracle, strict=True):
-            tvm_cmp, interp_cmp = compare(name, g, r, rtol), compare(name, o, r, rtol)
-            rows.append({"name": name, "shape": list(r.shape), "dtype": str(r.dtype),
-                         "max_abs_err": tvm_cmp.max_abs_err, "max_rel_err": tvm_cmp.max_rel_err,
-                         "ok": tvm_cmp.ok, "interpreter_max_rel_err": interp_cmp.max_rel_err,
-                         "_describe": tvm_cmp.describe()})
-        return rows
-
     where = f"qemu-aarch64, {spec.name} build" if spec.tvm.mtriple else (
         f"GPU: {cuda.device_name()}" if gpu_build else "host")
-    rows = timed(f"verifying against onnxruntime ({where})", verify)
-    bad = [r for r in rows if not r["ok"]]
-    if bad:
-        raise VerificationError("; ".join(f"{r['_describe']} exceeds rtol {rtol:g}" for r in bad)
-                                + f" (TVM build on {where} vs onnxruntime)")
-    for r in rows:
-        del r["_describe"]
-
+    ref = timed("running the reference (onnxruntime)", lambda: reference(src.path, feeds, rtol,
+                                                                        min(threads, os.cpu_count() or 1)))
+    rows = timed(f"verifying against onnxruntime ({where})",
+                 lambda: verify_outputs(ref, execute(inputs), interp.run(graph, feeds), f"TVM build on {where}"))
     manifest = _manifest(graph, ir_text, mod, lib, spec, tvm_target, timings)
-    manifest["verification"] = {"reference": "onnxruntime", "executed_on": where, "seed": seed, "rtol": rtol,
-                                "passed": True, "outputs": rows}
+    manifest["verification"] = {**ref.record(), "executed_on": where, "seed": seed, "passed": True, "outputs": rows}
     if gpu_build:
         device = f"{spec.name} build on {cuda.device_name()}"
         manifest["target"].update(arch=spec.tvm.arch, device=device)
@@ -270,8 +284,7 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
         manifest["estimates"] = {"loops": timed("estimating loop cycles with llvm-mca", lambda: mca.estimate_loops(
             asm, triple=spec.tvm.mtriple, mcpu=spec.tvm.mca_cpu or spec.tvm.mcpu))}
     if rpc:
-        manifest["latency"] = _measure_remote(lib, rpc, rpc_key, inputs, ref_outputs(), spec, runs, rtol, manifest,
-                                              timed)
+        manifest["latency"] = _measure_remote(lib, rpc, rpc_key, inputs, ref, spec, runs, manifest, timed)
     if spec.tvm.mtriple or rpc:
         return _with_estimates(manifest, graph, spec)
 
@@ -332,10 +345,9 @@ def _build_accel(src: ModelSource, graph: Graph, ir_text: str, spec: Target, tmp
     from hwsim.accel.build import build_accel
 
     inputs = random_inputs(graph, seed)
-    session = onnxruntime_session(src.path, os.cpu_count() or 1)
-    reference = run_onnxruntime(session, [v.name for v in graph.inputs], inputs)
-    parts = build_accel(graph, spec, tmp, inputs, reference, [o.name for o in session.get_outputs()], seed, rtol,
-                        timed)
+    feeds = {v.name: x for v, x in zip(graph.inputs, inputs, strict=True)}
+    ref = timed("running the reference (onnxruntime)", lambda: reference(src.path, feeds, rtol, os.cpu_count() or 1))
+    parts = build_accel(graph, spec, tmp, feeds, ref, seed, timed)
     manifest = {**_common(graph, ir_text, timings), **parts}
     manifest["artifacts"]["ir"] = {"file": "ir.txt", "sha256": sha256_text(ir_text)}
     return manifest
@@ -357,20 +369,16 @@ def _unverified_gpu_manifest(graph: Graph, ir_text: str, mod: Any, lib: Path, sp
     return _with_estimates(manifest, graph, spec, gpu_build.launches)
 
 
-def _measure_remote(lib: Path, address: str, key: str | None, inputs: list[np.ndarray], ref: list[np.ndarray],
-                    spec: Target, runs: int, rtol: float, manifest: dict[str, Any],
+def _measure_remote(lib: Path, address: str, key: str | None, inputs: list[np.ndarray], ref: Reference,
+                    spec: Target, runs: int, manifest: dict[str, Any],
                     timed: Callable[[str, Callable[[], Any]], Any]) -> dict[str, Any]:
     """Run the artifact on the RPC device: verify its outputs too, and time it there."""
     from codegen import rpc
 
     remote = timed("running over TVM RPC", lambda: rpc.run_remote(lib, address, inputs, key=key, repeat=runs))
-    checks = [compare(f"output {i}", g, r, rtol) for i, (g, r) in enumerate(zip(remote.outputs, ref, strict=True))]
-    bad = [c for c in checks if not c.ok]
-    if bad:
-        raise VerificationError("; ".join(f"{c.describe()} exceeds rtol {rtol:g}" for c in bad)
-                                + f" (TVM build on {remote.device} vs onnxruntime)")
+    rows = verify_outputs(ref, remote.outputs, None, f"TVM build on {remote.device}")
     manifest["verification"]["remote"] = {"device": remote.device,
-                                          "max_rel_err": max(c.max_rel_err for c in checks), "passed": True}
+                                          "max_rel_err": max(r["max_rel_err"] for r in rows), "passed": True}
     device = f"{spec.name} via {remote.device}"
     manifest["target"]["device"] = device
     return {"tvm": {**_latency(remote.times_ms, device), "method": "TVM time_evaluator, mean of 5 runs per repeat"}}
@@ -389,10 +397,14 @@ def resolve_adapter_dir(adapter: str, progress: Progress | None = None) -> Path:
     return zoo_dir(adapter, progress) / "adapter"
 
 
-def convert_adapter_dir(adapter: str, fmt: str, out: Path, *, force: bool = False,
+def convert_adapter_dir(adapter: str, fmt: str, out: Path, *, force: bool = False, peft_twin: bool = False,
                         progress: Progress | None = None, **opts: Any) -> dict[str, Any]:
-    """Convert every module of a PEFT LoRA adapter to `fmt`; write the converted adapter to `out`."""
-    from models.peft_io import convert_adapter, read_adapter, save_converted
+    """Convert every module of a PEFT LoRA adapter to `fmt`; write the compact adapter to `out`.
+
+    With `peft_twin` the dense fp32 PEFT LoRA computing the same dW is written beside it (opt-in: it is
+    larger than the fp16 source). The result is hwsim_adapter.json: file bytes written vs the source's.
+    """
+    from models.peft_io import WEIGHTS, convert_adapter, read_adapter, save_converted
 
     if Path(out).exists() and not force:
         raise HwsimError(f"{out} already exists: pass --force to replace it, or choose another --out")
@@ -404,7 +416,8 @@ def convert_adapter_dir(adapter: str, fmt: str, out: Path, *, force: bool = Fals
         results = convert_adapter(lora, fmt, **opts)
     except ValueError as e:  # a bad format option (layout, packing)
         raise HwsimError(str(e)) from None
-    save_converted(Path(out), lora, fmt, results, force=force)
+    save_converted(Path(out), lora, fmt, results, force=force, peft_twin=peft_twin,
+                   source_bytes=(src / WEIGHTS).stat().st_size)
     return json.loads((Path(out) / "hwsim_adapter.json").read_text())
 
 

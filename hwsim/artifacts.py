@@ -1,5 +1,6 @@
 """Atomic output directories and content hashes: nothing half-written, nothing overwritten silently."""
 
+import functools
 import hashlib
 import json
 import os
@@ -88,6 +89,7 @@ def atomic_dir(final: Path, *, force: bool) -> Iterator[Path]:
         raise
 
 
+@functools.cache
 def source_hash() -> str:
     """Hash of hwsim's own code, so a changed compiler invalidates cached builds during development."""
     root = Path(__file__).resolve().parent.parent

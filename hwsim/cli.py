@@ -76,12 +76,14 @@ def _csv(values: tuple[str, ...]) -> list[str]:
 @click.option("--shape", "shape", multiple=True, metavar="NAME=DIMS", help=_SHAPE_HELP)
 @click.option("--out", type=click.Path(path_type=Path),
               help="output directory [default: build/MODEL, or build/MODEL/TARGET for one .onnx build]")
-@click.option("--force", is_flag=True, help="replace an existing output directory that is not a hwsim build (an "
+@click.option("--force", is_flag=True, help="retry builds that failed before (a failure is cached like a build), "
+                                            "and replace an existing output directory that is not a hwsim build (an "
                                             "unchanged build is always reused, a changed one always rebuilt)")
 @click.option("--jobs", type=int, help="parallel build processes [default: the CPU count]")
 @click.option("--seed", default=0, show_default=True, help="seed of the random verification inputs")
 @click.option("--rtol", default=1e-3, show_default=True,
-              help="max allowed |tvm - onnxruntime| / max|onnxruntime| per output")
+              help="fp32 budget of |artifact - reference| / max|reference| per output; fp16 ops on the path add "
+                   "twice their measured rounding effect (see the manifest's verification.tolerance_rule)")
 @click.option("--runs", default=20, show_default=True, help="minimum timed runs for the latency medians")
 @click.option("--rpc", metavar="HOST:PORT",
               help="also verify and time CPU builds on a device running `python -m tvm.exec.rpc_server` "
@@ -132,7 +134,7 @@ def compile(model: str | None, targets: tuple[str, ...], formats: str | None, ba
                                     formats=_csv((formats,)) if formats is not None else None,
                                     base_formats=_csv((base_formats,)), targets=target_list or None, tokens=tokens,
                                     shapes=_shapes(shape), out=out, force=force, workers=jobs, runs=runs, seed=seed,
-                                    rpc=rpc, rpc_key=rpc_key, progress=progress)
+                                    rtol=rtol, rpc=rpc, rpc_key=rpc_key, progress=progress)
             report = matrix.report
     if as_json:
         click.echo((report.parent / "results.json").read_text() if not single else
@@ -186,8 +188,14 @@ def _print_matrix(console: Console, matrix: Any) -> None:
     console.print(table)
     failed = [j for j in matrix.matrix["jobs"] if j["status"] != "ok"]
     cached = sum(1 for j in matrix.matrix["jobs"] if j.get("cached"))
+    unverified = [j for j in matrix.matrix["jobs"] if j["status"] == "ok" and json.loads(
+        (matrix.root / j["dir"] / "manifest.json").read_text())["verification"]["passed"] is None]
     console.print(f"{len(matrix.matrix['jobs'])} builds in {matrix.root} ({cached} cached, {len(failed)} failed)",
                   highlight=False)
+    if unverified:
+        console.print(f"{len(matrix.matrix['jobs']) - len(failed) - len(unverified)} verified; {len(unverified)} "
+                      f"built but not run (no device here: {', '.join(sorted({j['target'] for j in unverified}))})",
+                      highlight=False)
     for j in failed:
         console.print(f"failed: {j['variant']} on {j['target']} ({j['phase']}): {j['error']}", highlight=False)
 
@@ -365,14 +373,16 @@ def inspect(model: str | None, shape: tuple[str, ...], top: int, as_json: bool) 
               help="LoRDBA scale layout: channel (u, mu, v; default) or rank (mu only)")
 @click.option("--packing", type=click.Choice(["i2", "tq1_0"]), default=None,
               help="trit packing for ternary/tritplane: i2 (2 bpw; default) or tq1_0 (base-3)")
+@click.option("--peft-twin", is_flag=True, help="also write the equivalent plain PEFT LoRA (dense fp32, the oracle)")
 @click.option("--json", "as_json", is_flag=True, help="print the conversion report as JSON")
 def convert(adapter: str, fmt: str, out: Path, force: bool, layout: str | None, packing: str | None,
-            as_json: bool) -> None:
+            peft_twin: bool, as_json: bool) -> None:
     """Convert a PEFT LoRA ADAPTER directory (or a built-in model's adapter) to FORMAT.
 
-    The output stays a PEFT adapter (its dense weights compute exactly what the format computes, the
-    correctness oracle) and adds hwsim_adapter.safetensors (packed signs/trits, fp16 scales) and
-    hwsim_adapter.json (bytes counted from the packed arrays, reconstruction errors per module).
+    Writes the compact adapter only: hwsim_adapter.safetensors (packed signs/trits, fp16 scales) and
+    hwsim_adapter.json (the source PEFT config, packed bytes and reconstruction errors per module, and
+    the bytes of each file written vs the source adapter file). --peft-twin adds the equivalent plain
+    PEFT LoRA (fp32, the correctness oracle), for tools that load PEFT adapters.
     """
     from hwsim.api import convert_adapter_dir
 
@@ -380,22 +390,36 @@ def convert(adapter: str, fmt: str, out: Path, force: bool, layout: str | None, 
     if (layout and fmt != "lordba") or (packing and fmt not in ("ternary", "tritplane")):
         raise HwsimError(f"--layout applies to lordba, --packing to ternary/tritplane, not to '{fmt}'")
     with err_console.status("converting", spinner="dots") as status:
-        report = convert_adapter_dir(adapter, fmt, out, force=force, progress=lambda m: status.update(m), **opts)
+        report = convert_adapter_dir(adapter, fmt, out, force=force, peft_twin=peft_twin,
+                                     progress=lambda m: status.update(m), **opts)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     table = Table(title=f"{fmt}: {len(report['modules'])} modules")
-    for col in ("module", "shape", "bytes", "vs fp16 LoRA", "rel. error", "rho A / B"):
+    for col in ("module", "shape", "packed bytes", "vs fp16 LoRA", "rel. error", "rho A / B"):
         table.add_column(col, justify="left" if col == "module" else "right")
     for m in report["modules"]:
         d = m["details"]
         rho = f"{d['rho_A']:.3f} / {d['rho_B']:.3f}" if "rho_A" in d else "-"
         table.add_row(m["module"], "x".join(map(str, m["shape"])), f"{m['bits'] // 8:,}",
                       f"{m['lora_fp16_bits'] / m['bits']:.2f}x", f"{m['rel_error']:.4f}", rho)
-    table.add_row("total", "", f"{report['adapter_bytes']:,}", f"{report['ratio_vs_lora_fp16']:.2f}x", "", "")
+    table.add_row("total packed payload", "", f"{report['adapter_bytes']:,}",
+                  f"{report['ratio_vs_lora_fp16']:.2f}x", "", "")
     _console().print(table)
     click.echo(f"converted adapter: {out}")
+    _echo_files(report)
 
+
+def _echo_files(report: dict[str, Any]) -> None:
+    """File bytes on disk (not the packed payload above): what shipping the directory costs."""
+    width = max(map(len, report["files"]))
+    for name, size in report["files"].items():
+        click.echo(f"file  {name:<{width}}  {size:>12,} bytes")
+    line = f"total {'written':<{width}}  {report['written_bytes']:>12,} bytes"
+    src = report.get("source_bytes")
+    if src:
+        line += f"  ({report['written_bytes'] / src:.2f}x the source adapter_model.safetensors, {src:,} bytes)"
+    click.echo(line)
 
 
 @main.command()

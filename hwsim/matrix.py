@@ -8,9 +8,11 @@ each base format with the fp16 LoRA adapter. Every variant is exported to ONNX o
 key), with its bytes, reconstruction and output errors and its training state measured on the way. An
 ONNX file is one variant, compiled as it is.
 
-Jobs are hwsim compiles (each cached by its own key). Builds that measure nothing here (cross-compiled,
-CUDA, simulated) run in a process pool; the host builds, which are timed, run one at a time afterwards,
-so no measurement shares the machine with a build.
+Jobs are hwsim compiles (each cached by its own key, a deterministic failure too: hwsim/buildcache.py),
+looked up before any starts. Builds that measure nothing here (cross-compiled, CUDA, simulated) run in a
+process pool; the host builds, which are timed, run one at a time afterwards, so no measurement shares the
+machine with a build. The variant plan, the exports, the host's branch-overhead measurement and the report
+are cached too: an unchanged rerun writes nothing.
 """
 
 import hashlib
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from hwsim.artifacts import sha256_file, source_hash, write_atomic
-from hwsim.errors import HwsimError
+from hwsim.errors import CachedFailure, HwsimError, VerificationError, describe
 from targets import load_target
 
 MATRIX_SCHEMA = "hwsim.matrix/1"
@@ -104,59 +106,81 @@ def _model_files_hash(model: str, adapter: str | None) -> str:
 
 
 def prepare_variants(model: str, adapter: str | None, variants: list[Variant], root: Path, tokens: int,
-                     seed: int, progress: Progress) -> dict[str, dict[str, Any]]:
-    """Export every variant (cached) and measure its bytes, errors and training state."""
-    import torch
+                     seed: int, rtol: float, retry_failed: bool, progress: Progress) -> dict[str, dict[str, Any]]:
+    """Export every variant (cached) and measure its bytes, errors and training state.
 
-    from models.peft_io import convert_adapter
-    from models.sign_training import adapter_training_state
-    from models.variants import apply_formats, export_variant, load_adapter_for, load_base, variant_summary
-
+    A variant whose export fails its check (torch vs onnxruntime) is recorded with the reason, under the
+    same key, and its builds are reported failed; it is retried only with `retry_failed`."""
     files = _model_files_hash(model, adapter)
     out: dict[str, dict[str, Any]] = {}
     reference = None
     for v in variants:
         path = root / "variants" / f"{v.id}.onnx"
         info_path = path.with_suffix(".json")
-        key = _key(MATRIX_SCHEMA, files, asdict(v), seed, tokens, source_hash())
-        if info_path.is_file() and path.is_file():
+        key = _key(MATRIX_SCHEMA, files, asdict(v), seed, tokens, rtol, source_hash())
+        if info_path.is_file():
             info = json.loads(info_path.read_text())
-            if info.get("key") == key:
+            failed = info.get("status") == "failed"
+            if info.get("key") == key and (path.is_file() or (failed and not retry_failed)):
                 out[v.id] = info
                 continue
         progress(f"fitting and exporting {v.id}")
         if reference is None:
-            base = load_base(model)
-            apply_formats(base, load_adapter_for(base, adapter), "reference", "fp32")
-            with torch.no_grad():
-                reference = base.wrapper()(*base.inputs(seed)).numpy()
-        base = load_base(model)
-        trained = lora = load_adapter_for(base, adapter)
-        if lora is not None and v.rank:
-            lora = lora.truncated(v.rank)
-        report = apply_formats(base, lora, v.adapter_format if lora is not None else None, v.base_format)
-        with torch.no_grad():
-            got = base.wrapper()(*base.inputs(seed)).numpy()
-        info = {"key": key, **asdict(v), **variant_summary(report),
-                "rank": v.rank or (int(lora.config["r"]) if lora is not None else None),
-                "output_rel_error": float(np.linalg.norm(got - reference) / np.linalg.norm(reference)),
-                "hidden_size": int(getattr(base.model.config, "hidden_size", 0)),
-                "inputs": base.io_names()[0]}
-        if got.ndim == 2:  # sentence embeddings: cosine similarity to the unquantised model's
-            cos = (got * reference).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
-            info["cosine_similarity"] = float(cos.mean())
-        if lora is not None and v.adapter_format:
-            fitted = convert_adapter(lora, v.adapter_format)
-            st = adapter_training_state(v.adapter_format, fitted, tokens)
-            info["training_state"] = {**asdict(st), "total": st.total, "tokens": tokens}
-            # against the trained adapter's dW (a truncated adapter's own dW would hide the truncation)
-            info["adapter_rel_error"] = float(np.mean([_rel(trained, r) for r in fitted]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_variant(base, path, force=True, seed=seed)
-        info["onnx"] = str(path)
+            reference = _reference_outputs(model, adapter, seed)
+        try:
+            info = _export_variant(model, adapter, v, path, key, reference, tokens, seed, rtol)
+        except VerificationError as e:  # the export check: this variant fails, the matrix goes on
+            info = {"key": key, **asdict(v), "status": "failed", "error": describe(e)}
         _write_json_atomic(info_path, info)
         out[v.id] = info
     return out
+
+
+def _reference_outputs(model: str, adapter: str | None, seed: int) -> np.ndarray:
+    """The unquantised model's outputs (fp32 base, trained fp32 adapter) that output errors are measured on."""
+    import torch
+
+    from models.variants import apply_formats, load_adapter_for, load_base
+
+    base = load_base(model)
+    apply_formats(base, load_adapter_for(base, adapter), "reference", "fp32")
+    with torch.no_grad():
+        return base.wrapper()(*base.inputs(seed)).numpy()
+
+
+def _export_variant(model: str, adapter: str | None, v: Variant, path: Path, key: str, reference: np.ndarray,
+                    tokens: int, seed: int, rtol: float) -> dict[str, Any]:
+    import torch
+
+    from models.peft_io import convert_adapter
+    from models.sign_training import adapter_training_state
+    from models.variants import apply_formats, export_variant, load_adapter_for, load_base, variant_summary
+
+    base = load_base(model)
+    trained = lora = load_adapter_for(base, adapter)
+    if lora is not None and v.rank:
+        lora = lora.truncated(v.rank)
+    report = apply_formats(base, lora, v.adapter_format if lora is not None else None, v.base_format)
+    with torch.no_grad():
+        got = base.wrapper()(*base.inputs(seed)).numpy()
+    info = {"key": key, **asdict(v), "status": "ok", **variant_summary(report),
+            "rank": v.rank or (int(lora.config["r"]) if lora is not None else None),
+            "output_rel_error": float(np.linalg.norm(got - reference) / np.linalg.norm(reference)),
+            "hidden_size": int(getattr(base.model.config, "hidden_size", 0)),
+            "inputs": base.io_names()[0]}
+    if got.ndim == 2:  # sentence embeddings: cosine similarity to the unquantised model's
+        cos = (got * reference).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
+        info["cosine_similarity"] = float(cos.mean())
+    if lora is not None and v.adapter_format:
+        fitted = convert_adapter(lora, v.adapter_format)
+        st = adapter_training_state(v.adapter_format, fitted, tokens)
+        info["training_state"] = {**asdict(st), "total": st.total, "tokens": tokens}
+        # against the trained adapter's dW (a truncated adapter's own dW would hide the truncation)
+        info["adapter_rel_error"] = float(np.mean([_rel(trained, r) for r in fitted]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info["export_check"] = export_variant(base, path, force=True, seed=seed, rtol=rtol)["check"]
+    info["onnx"] = str(path)
+    return info
 
 
 def _rel(trained: Any, fitted: Any) -> float:
@@ -170,36 +194,51 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def _run_job(job: Job, onnx: str, root: str, force: bool, runs: int, rpc: str | None,
+def _run_job(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol: float, rpc: str | None,
              rpc_key: str | None) -> dict[str, Any]:
-    """One compile; failures are recorded, not raised (a failed target must not stop the matrix)."""
+    """One compile; failures are recorded, not raised (a failed target must not stop the matrix), and a
+    deterministic one is cached in the job's directory like a build."""
     from hwsim.api import compile_model
 
-    entry = {**asdict(job), "dir": str(job.path(Path(root)).relative_to(root))}
-    entry.pop("target_file")
+    entry = _entry(job, root)
     try:
+        # the matrix directory is ours: a job whose inputs changed replaces its stale build (force)
         result = compile_model(onnx, target=job.target_file or job.target, shapes=dict(job.shapes),
-                               out=job.path(Path(root)),
-                               force=force, runs=runs, rpc=rpc, rpc_key=rpc_key)
+                               out=job.path(Path(root)), force=True, runs=runs, rtol=rtol, rpc=rpc, rpc_key=rpc_key,
+                               record_failure=True, retry_failed=retry_failed)
         return {**entry, "status": "ok", "cached": result.cached}
     except Exception as e:  # every failure is reported in the matrix: HwsimError, verification, TVM, qemu
-        return {**entry, "status": "failed", "error": describe(e)}
+        return {**entry, "status": "failed", "error": describe(e), "cached": isinstance(e, CachedFailure)}
 
 
-def describe(e: BaseException) -> str:
-    """One line: the exception's type and first line, or where it was raised when it says nothing."""
-    import traceback
-
-    text = str(e).strip().splitlines()
-    if text:
-        return f"{type(e).__name__}: {text[0]}"[:500]
-    frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
-    return f"{type(e).__name__} at {Path(frame.filename).name}:{frame.lineno}" if frame else type(e).__name__
+def _entry(job: Job, root: str) -> dict[str, Any]:
+    entry = {**asdict(job), "dir": str(job.path(Path(root)).relative_to(root))}
+    entry.pop("target_file")
+    return entry
 
 
-def run_jobs(jobs: list[Job], onnx: dict[str, str], root: Path, *, force: bool, workers: int, runs: int,
-             rpc: str | None, rpc_key: str | None, progress: Progress) -> list[dict[str, Any]]:
-    """Unmeasured builds in a pool of `workers` processes, then the timed host builds one by one."""
+def _lookup(job: Job, onnx: str, root: Path, retry_failed: bool, runs: int, rtol: float, rpc: str | None,
+            rpc_key: str | None) -> dict[str, Any] | None:
+    """The job's entry when the cache answers it (a build, or a failure not to be retried), else None: a
+    rerun of an unchanged matrix starts no build process at all."""
+    from hwsim.api import plan_build
+    from hwsim.buildcache import failure_line, lookup
+
+    plan = plan_build(onnx, target=job.target_file or job.target, shapes=dict(job.shapes), out=job.path(root),
+                      runs=runs, rtol=rtol, rpc=rpc, rpc_key=rpc_key)
+    found = lookup(plan.out_dir, plan.key)
+    if found is None or (found.get("status") == "failed" and retry_failed):
+        return None
+    entry = _entry(job, str(root))
+    if found.get("status") == "failed":
+        return {**entry, "status": "failed", "cached": True, "error": failure_line(found)}
+    return {**entry, "status": "ok", "cached": True}
+
+
+def run_jobs(jobs: list[Job], onnx: dict[str, str], root: Path, *, retry_failed: bool, workers: int, runs: int,
+             rtol: float, rpc: str | None, rpc_key: str | None, progress: Progress) -> list[dict[str, Any]]:
+    """Cache hits first, then the unmeasured builds in a pool of `workers` processes, then the timed host
+    builds one by one."""
     def spec(job: Job) -> Any:
         return load_target(job.target_file or job.target)
 
@@ -207,15 +246,22 @@ def run_jobs(jobs: list[Job], onnx: dict[str, str], root: Path, *, force: bool, 
         s = spec(job)
         return s.kind == "cpu" and not s.tvm.mtriple and not rpc
 
-    pooled = [j for j in jobs if not measured_here(j)]
-    serial = [j for j in jobs if measured_here(j)]
-    results: list[dict[str, Any]] = []
-
     def args(j: Job) -> tuple:
         cpu_rpc = rpc if spec(j).kind == "cpu" else None
-        return j, onnx[j.variant], str(root), force, runs, cpu_rpc, rpc_key if cpu_rpc else None
+        return j, onnx[j.variant], str(root), retry_failed, runs, rtol, cpu_rpc, rpc_key if cpu_rpc else None
 
-    done = 0
+    results: list[dict[str, Any]] = []
+    todo = []
+    progress("looking up cached builds")
+    for j in jobs:
+        hit = _lookup(j, onnx[j.variant], root, retry_failed, runs, rtol, *args(j)[6:])
+        if hit is None:
+            todo.append(j)
+        else:
+            results.append(hit)
+    done = len(results)
+    pooled = [j for j in todo if not measured_here(j)]
+    serial = [j for j in todo if measured_here(j)]
     if pooled and workers > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(_run_job, *args(j)): j for j in pooled}
@@ -244,11 +290,13 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
                    base_formats: list[str] | None = None, targets: list[str] | None = None,
                    tokens: int | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
                    out: Path | None = None, force: bool = False, workers: int | None = None, runs: int = 20,
-                   seed: int = 0, rpc: str | None = None, rpc_key: str | None = None,
+                   seed: int = 0, rtol: float = 1e-3, rpc: str | None = None, rpc_key: str | None = None,
                    overhead: bool = True, progress: Progress | None = None) -> MatrixResult:
-    """Build the matrix and write the report (see the module docstring); returns where they are."""
+    """Build the matrix and write the report (see the module docstring); returns where they are.
+
+    Everything is cached by content: an unchanged rerun builds, fits, measures and writes nothing. `force`
+    retries cached failures (and replaces an output directory that is not a hwsim matrix)."""
     from hwsim.api import resolve_model
-    from hwsim.report import write_report
     from models.zoo import DEFAULT_MODEL, ZOO
 
     step = progress or (lambda _m: None)
@@ -274,44 +322,107 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
     root.mkdir(parents=True, exist_ok=True)
     if src is not None:
         variants = [Variant("as-is", None, "as-is", matched="as-is")]
-        info = {"as-is": {**asdict(variants[0]), "onnx": str(src.path)}}
+        info = {"as-is": {**asdict(variants[0]), "status": "ok", "onnx": str(src.path)}}
         phases = {"as-given": dict(shapes or {})}
         budget = None
     else:
         formats = list(DEFAULT_FORMATS if formats is None else formats)
-        base_formats = list(base_formats or [])
-        variants = plan_variants(formats, base_formats)
-        from models.variants import load_adapter_for, load_base
-
-        lora = load_adapter_for(load_base(model), adapter)
-        extra, budget = matched_bytes_variants(lora, formats) if lora is not None and "lordba" in formats \
-            else ([], None)
-        variants += extra
+        variants, budget = _plan(model, adapter, formats, list(base_formats or []), root, step)
         tokens = tokens or (ZOO[model].default_shapes["input_ids"][1] if model in ZOO else 16)
-        info = prepare_variants(model, adapter, variants, root, tokens, seed, step)
-        inputs = next(iter(info.values()))["inputs"]
+        info = prepare_variants(model, adapter, variants, root, tokens, seed, rtol, force, step)
+        inputs = next((i["inputs"] for i in info.values() if "inputs" in i), ["input_ids"])
         phases = {"prefill": {n: (1, tokens) for n in inputs}, "decode": {n: (1, 1) for n in inputs}}
     jobs = [Job(v.id, spec.name, phase, tuple(sorted(s.items())), "" if t == spec.name else str(Path(t).resolve()))
             for v in variants for t, spec in zip(targets, specs, strict=True) for phase, s in phases.items()]
-    # the matrix directory is ours: a job whose inputs changed replaces its stale build
-    results = run_jobs(jobs, {v: i["onnx"] for v, i in info.items()}, root, force=True,
-                       workers=workers or os.cpu_count() or 1, runs=runs, rpc=rpc, rpc_key=rpc_key, progress=step)
+    exported = [j for j in jobs if info[j.variant].get("status") == "ok"]
+    results = run_jobs(exported, {v: i["onnx"] for v, i in info.items() if "onnx" in i}, root, retry_failed=force,
+                       workers=workers or os.cpu_count() or 1, runs=runs, rtol=rtol, rpc=rpc, rpc_key=rpc_key,
+                       progress=step)
+    results += [{**_entry(j, str(root)), "status": "failed", "cached": True,
+                 "error": f"variant not exported: {info[j.variant]['error']}"} for j in jobs if j not in exported]
+    order = {(j.variant, j.target, j.phase): i for i, j in enumerate(jobs)}
+    results.sort(key=lambda r: order[(r["variant"], r["target"], r["phase"])])
     matrix: dict[str, Any] = {
         "schema": MATRIX_SCHEMA, "model": {"name": name, "source": str(model), "adapter": adapter},
         "targets": [{"name": s.name, "kind": s.kind, "description": s.description, "links": s.links}
                     for s in specs],
         "phases": {p: {k: list(v) for k, v in s.items()} for p, s in phases.items()},
-        "variants": list(info.values()), "matched_bytes_budget": budget, "jobs": results}
+        "variants": list(info.values()), "matched_bytes_budget": budget,
+        "jobs": [{k: v for k, v in r.items() if k != "cached"} for r in results]}
     if overhead and not onnx_file and "host" in [spec.name for spec in specs]:
-        from hwsim.overhead import branch_overhead
-
-        d = next(iter(info.values())).get("hidden_size") or 0
+        d = next((i["hidden_size"] for i in info.values() if i.get("hidden_size")), 0)
         if d:
-            step(f"measuring the r=16 branch overhead at {tokens}x{d} on the host")
-            matrix["branch_overhead"] = branch_overhead(tokens, d, 16, os.cpu_count() or 1, rounds=5)
-    _write_json_atomic(root / "matrix.json", matrix)
+            matrix["branch_overhead"] = _branch_overhead(root, tokens, d, step)
+    return MatrixResult(root, {**matrix, "jobs": results}, _publish(root, matrix, step))
+
+
+def _publish(root: Path, matrix: dict[str, Any], step: Progress) -> Path:
+    """matrix.json and the report, unless both already say exactly this (an unchanged rerun writes nothing)."""
+    from hwsim.report import write_report
+
+    text = json.dumps(matrix, indent=2) + "\n"
+    report = root / "report.html"
+    current = root / "matrix.json"
+    if current.is_file() and current.read_text() == text and report.is_file() and \
+            (root / "results.json").is_file() and _report_key(root) == source_hash():
+        return report
+    write_atomic(current, text)
     step("writing the report")
-    return MatrixResult(root, matrix, write_report(root))
+    out = write_report(root)
+    write_atomic(root / ".report-source", source_hash())
+    return out
+
+
+def _report_key(root: Path) -> str | None:
+    try:
+        return (root / ".report-source").read_text()
+    except OSError:
+        return None
+
+
+def _plan(model: str, adapter: str | None, formats: list[str], base_formats: list[str], root: Path,
+          step: Progress) -> tuple[list[Variant], int | None]:
+    """The variants (matched rank, matched bytes, base formats) and the bytes budget; cached, since finding the
+    matched-bytes ranks fits every format at several ranks."""
+    key = _key(MATRIX_SCHEMA, "plan", _model_files_hash(model, adapter), formats, base_formats, source_hash())
+    path = root / "variants" / "plan.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached["key"] == key:
+            return [Variant(**v) for v in cached["variants"]], cached["budget"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    from models.variants import load_adapter_for, load_base
+
+    step("planning the variants")
+    variants = plan_variants(formats, base_formats)
+    lora = load_adapter_for(load_base(model), adapter)
+    extra, budget = matched_bytes_variants(lora, formats) if lora is not None and "lordba" in formats \
+        else ([], None)
+    variants += extra
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(path, {"key": key, "variants": [asdict(v) for v in variants], "budget": budget})
+    return variants, budget
+
+
+def _branch_overhead(root: Path, tokens: int, d: int, step: Progress) -> dict[str, Any]:
+    """The r=16 branch overhead measured on this host, kept until the shape, the CPU or hwsim changes."""
+    from hwsim.api import cpu_name
+    from hwsim.overhead import branch_overhead
+
+    threads = os.cpu_count() or 1
+    key = _key("overhead", tokens, d, 16, threads, cpu_name(), source_hash())
+    path = root / "overhead.json"
+    try:
+        cached = json.loads(path.read_text())
+        if cached["key"] == key:
+            return cached["result"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    step(f"measuring the r=16 branch overhead at {tokens}x{d} on the host")
+    result = branch_overhead(tokens, d, 16, threads, rounds=5)
+    _write_json_atomic(path, {"key": key, "result": result})
+    return result
 
 
 def report_single(out_dir: Path, model: str, target: str, shapes: dict[str, tuple[int, ...]]) -> Path:

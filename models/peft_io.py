@@ -1,9 +1,11 @@
 """PEFT LoRA adapters on disk: read adapter_config.json + adapter_model.safetensors, convert, write back.
 
-A converted adapter directory stays a valid PEFT adapter: its adapter_model.safetensors holds the dense
-LoRA pair that computes exactly what the format computes (the correctness oracle, fp32), and
-hwsim_adapter.safetensors + hwsim_adapter.json hold the compact form (packed signs/trits, fp16
-scales) with per-module bytes and reconstruction errors.
+A converted adapter directory holds the compact form only: hwsim_adapter.safetensors (packed
+signs/trits, fp16 scales) and hwsim_adapter.json (the source adapter's PEFT config under "peft_config",
+per-module packed bytes and reconstruction errors, and the bytes of every file written, so the file-size
+ratio against the source adapter is on record). The dense fp32 PEFT twin (adapter_config.json +
+adapter_model.safetensors computing exactly what the format computes, the correctness oracle) is
+opt-in: it is larger than the fp16 adapter the compact form replaces.
 """
 
 import json
@@ -72,6 +74,8 @@ def read_adapter(path: Path) -> LoraAdapter:
     for name in (CONFIG, WEIGHTS):
         if not (path / name).is_file():
             hint = " (legacy adapter_model.bin is not supported)" if name == WEIGHTS else ""
+            if (path / HWSIM_CONFIG).is_file():
+                hint = " (a compact hwsim adapter: convert with --peft-twin for a PEFT-loadable copy)"
             raise HwsimError(f"{path}: missing {name}{hint}")
     try:
         config = json.loads((path / CONFIG).read_text())
@@ -145,20 +149,47 @@ def convert_adapter(adapter: LoraAdapter, fmt: str, **opts: Any) -> list[ModuleR
 
 
 def save_converted(path: Path, adapter: LoraAdapter, fmt: str, results: list[ModuleResult], *,
-                   force: bool = False) -> None:
-    """The converted adapter: PEFT-loadable dense oracle + compact hwsim form + per-module report."""
-    oracle = LoraAdapter(dict(adapter.config))
+                   force: bool = False, peft_twin: bool = False, source_bytes: int | None = None) -> None:
+    """The converted adapter: compact hwsim form + per-module report (+ the dense PEFT twin if asked).
+
+    `source_bytes` is the source adapter_model.safetensors' size, recorded next to the bytes written.
+    """
     packed: dict[str, np.ndarray] = {}
     for res in results:
-        a, b, s = lora_equivalent(res.fitted)
-        oracle.modules[res.name] = (a, b * (s / adapter.scaling(res.name)))  # PEFT applies its own scaling
         packed |= {f"{res.name}.{k}": np.ascontiguousarray(v) for k, v in res.fitted.pack().items()}
     total = sum(r.fitted.bits() for r in results)
     base = sum(r.lora_fp16_bits for r in results)
+    report = {"format": fmt, "peft_config": adapter.config, "adapter_bytes": total // 8,
+              "lora_fp16_bytes": base // 8, "ratio_vs_lora_fp16": base / total if total else None,
+              "source_bytes": source_bytes, "peft_twin": peft_twin, "modules": [r.row() for r in results]}
     with atomic_dir(Path(path), force=force) as tmp:
-        _write_peft(tmp, oracle, "float32")
+        if peft_twin:
+            _write_peft(tmp, peft_twin_of(adapter, results), "float32")
         save_file(packed, str(tmp / HWSIM_WEIGHTS))
-        write_json(tmp / HWSIM_CONFIG, {
-            "format": fmt, "adapter_bytes": total // 8, "lora_fp16_bytes": base // 8,
-            "ratio_vs_lora_fp16": base / total if total else None,
-            "modules": [r.row() for r in results]})
+        _write_report(tmp, report)
+
+
+def peft_twin_of(adapter: LoraAdapter, results: list[ModuleResult]) -> LoraAdapter:
+    """The plain PEFT LoRA (source config, fp32) whose dW is exactly each fitted module's dW."""
+    twin = LoraAdapter(dict(adapter.config))
+    for res in results:
+        a, b, s = lora_equivalent(res.fitted)
+        twin.modules[res.name] = (a, b * (s / adapter.scaling(res.name)))  # PEFT applies its own scaling
+    return twin
+
+
+def _write_report(d: Path, report: dict[str, Any]) -> None:
+    """Write hwsim_adapter.json with the on-disk bytes of every file in `d`, its own included.
+
+    Its own size depends on the digits it records, so rewrite until the recorded size is the size. Only
+    integers change between writes and the size never shrinks as they grow, so this settles in 2-3 writes.
+    """
+    files = {p.name: p.stat().st_size for p in d.iterdir() if p.name != HWSIM_CONFIG}
+    size = 0
+    while True:
+        files[HWSIM_CONFIG] = size
+        report["files"] = dict(sorted(files.items()))
+        report["written_bytes"] = sum(files.values())
+        write_json(d / HWSIM_CONFIG, report)
+        if (size := (d / HWSIM_CONFIG).stat().st_size) == files[HWSIM_CONFIG]:
+            return

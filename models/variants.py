@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hwsim.errors import HwsimError
+from hwsim.errors import HwsimError, VerificationError
 from models.export import quiet
 from models.formats import BASE_FORMATS, Dbf, Mdbf, Ternary, TritPlane, WeightFormat
 from models.formats.adapter import ADAPTER_FORMATS
@@ -166,11 +166,16 @@ def _has_linear(model: torch.nn.Module, path: str) -> bool:
         return False
 
 
-def export_variant(base: Base, path: Path, *, force: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Export the (already formatted) model to one ONNX file; check onnxruntime against torch on it."""
-    import onnx
-    import onnxruntime as ort
+class ExportCheckError(VerificationError):
+    """The exported ONNX file and the torch model it came from disagree beyond the derived tolerance."""
 
+
+def export_variant(base: Base, path: Path, *, force: bool = False, seed: int = 0,
+                   rtol: float = 1e-3) -> dict[str, Any]:
+    """Export the (already formatted) model to one ONNX file; check torch against onnxruntime on it."""
+    import onnx
+
+    from hwsim.precision import reference
     from models.onnx_functions import attach_functions
     from models.torch_formats import TRANSLATIONS
 
@@ -192,17 +197,20 @@ def export_variant(base: Base, path: Path, *, force: bool = False, seed: int = 0
                               output_names=outs, dynamic_shapes=dims, custom_translation_table=TRANSLATIONS)
         model = attach_functions(onnx.load(tmp))
         onnx.save(model, tmp)
-        sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        got = sess.run(None, {n: a.numpy() for n, a in zip(names, args, strict=True)})[0]
-        err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-12))
-        if err > 1e-3:
-            raise HwsimError(f"exported {path.name}: onnxruntime differs from torch by {err:.2e} (relative)")
+        # torch against the same reference and tolerance rule as every build (hwsim/precision.py)
+        oracle = reference(model, {n: a.numpy() for n, a in zip(names, args, strict=True)}, rtol)
+        check = oracle.check(0, ref)
+        if not check.ok:
+            raise ExportCheckError(f"exported {path.name}: torch differs from onnxruntime by {check.max_rel_err:.2e} "
+                                   f"(relative), over its tolerance {oracle.tolerance(0):.2e} (rtol {rtol:g} + 2 x "
+                                   f"fp16 rounding {oracle.fp16_rounding[0]:.2e})")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     dense = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
-    return {"path": str(path), "bytes": path.stat().st_size, "onnxruntime_vs_torch_rel_err": err,
+    return {"path": str(path), "bytes": path.stat().st_size, "onnxruntime_vs_torch_rel_err": check.max_rel_err,
+            "check": {**oracle.record(), **oracle.row(0)},
             "hwsim_ops": sorted({n.op_type for n in model.graph.node if n.domain == "ai.hwsim"}),
             "dense_fp32_matrices": len(dense)}
 

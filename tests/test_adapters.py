@@ -1,6 +1,7 @@
-"""PEFT adapters: reading, converting, bad input (one line, exit 2), and the dense-LoRA oracle."""
+"""PEFT adapters: reading, converting, bad input (one line, exit 2), file bytes, and the opt-in dense-LoRA twin."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
 from hwsim.cli import main
+from hwsim.errors import HwsimError
 from models.peft_io import read_adapter
 
 
@@ -43,11 +45,40 @@ def test_read_adapter_scaling_and_rslora(tmp_path: Path) -> None:
     assert a.scaling(name) == pytest.approx(8 / 2)
 
 
-def test_convert_writes_compact_form_and_a_peft_oracle(tmp_path: Path) -> None:
+def recorded_files_match_disk(d: Path) -> dict:
+    """hwsim_adapter.json's file bytes are every file in `d`, as on disk, its own size included."""
+    report = json.loads((d / "hwsim_adapter.json").read_text())
+    assert report["files"] == {p.name: os.path.getsize(p) for p in d.iterdir()}
+    assert report["written_bytes"] == sum(report["files"].values())
+    return report
+
+
+def test_convert_writes_the_compact_form_only_by_default(tmp_path: Path) -> None:
     src = make_adapter(tmp_path / "a", r=16)
-    code, _, stderr = run("convert", str(src), "--format", "lordba", "--out", str(tmp_path / "o"))
+    code, stdout, stderr = run("convert", str(src), "--format", "lordba", "--out", str(tmp_path / "o"))
     assert code == 0, stderr
-    report = json.loads((tmp_path / "o" / "hwsim_adapter.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["hwsim_adapter.json", "hwsim_adapter.safetensors"]
+    report = recorded_files_match_disk(tmp_path / "o")
+    assert report["source_bytes"] == os.path.getsize(src / "adapter_model.safetensors")
+    assert report["peft_config"] == json.loads((src / "adapter_config.json").read_text())
+    assert not report["peft_twin"]
+    code, _, stderr = run("convert", str(src), "--format", "lora-fp16", "--out", str(tmp_path / "fp16"))
+    assert code == 0, stderr
+    fp16 = recorded_files_match_disk(tmp_path / "fp16")
+    assert report["written_bytes"] < fp16["written_bytes"] < report["source_bytes"]  # source is fp32
+    assert report["written_bytes"] < report["lora_fp16_bytes"]
+    assert f"{report['written_bytes']:,} bytes" in stdout and f"{report['source_bytes']:,} bytes" in stdout
+    with pytest.raises(HwsimError, match="--peft-twin"):  # not a PEFT adapter, and the error says how to get one
+        read_adapter(tmp_path / "o")
+
+
+def test_convert_peft_twin_computes_what_the_format_computes(tmp_path: Path) -> None:
+    src = make_adapter(tmp_path / "a", r=16)
+    code, _, stderr = run("convert", str(src), "--format", "lordba", "--out", str(tmp_path / "o"), "--peft-twin")
+    assert code == 0, stderr
+    report = recorded_files_match_disk(tmp_path / "o")
+    assert set(report["files"]) == {"adapter_config.json", "adapter_model.safetensors", "hwsim_adapter.json",
+                                    "hwsim_adapter.safetensors"} and report["peft_twin"]
     (row,) = report["modules"]
     assert row["bits"] == row["formula_bits"] == 16 * (256 + 256) + 16 * (256 + 256 + 16)
     packed = load_file(str(tmp_path / "o" / "hwsim_adapter.safetensors"))
@@ -101,7 +132,8 @@ def test_lordba_as_plain_peft_lora_reproduces_lordba_logits(tmp_path: Path) -> N
 
     from models.variants import apply_formats, load_adapter_for, load_base
 
-    code, _, stderr = run("convert", "tiny-llama", "--format", "lordba", "--out", str(tmp_path / "conv"))
+    code, _, stderr = run("convert", "tiny-llama", "--format", "lordba", "--out", str(tmp_path / "conv"),
+                          "--peft-twin")
     assert code == 0, stderr
     lordba = load_base("tiny-llama")
     apply_formats(lordba, load_adapter_for(lordba, None), "lordba", "fp32")

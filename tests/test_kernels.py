@@ -196,3 +196,21 @@ def test_accumulate_op_in_a_graph_matches_the_interpreter(dtype: DType, op: Op, 
     tol = 2e-3 if dtype is DType.FLOAT16 else 1e-4  # fp16 output rounding
     np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=tol,
                                atol=tol * np.abs(want.astype(np.float32)).max())
+
+
+@pytest.mark.parametrize("op, bits", [(Op.SIGN_ACCUMULATE, 1), (Op.TERNARY_ACCUMULATE, 2)])
+def test_rank_one_accumulate_with_an_addend_matches_the_interpreter(op: Op, bits: int) -> None:
+    """K=1 (the up-projection of a rank-1 adapter) with a post-scale and an addend: the matmul's unit reduction
+    normalises to an 'injective' block with an init, into which TVM inlined the epilogue twice."""
+    n, k = 64, 1
+    rng = np.random.default_rng(3)
+    w = weights(bits, n, k)
+    packed = Value.const("w", pack_signs(w) if bits == 1 else pack_i2(w))
+    post = Value.const("post", rng.random(n).astype(np.float16))
+    x, add = Value("x", TensorType((1, 1, k), DType.FLOAT32)), Value("a", TensorType((1, 1, n), DType.FLOAT32))
+    y = Value("y", TensorType((1, 1, n), DType.FLOAT32))
+    graph = Graph("g", [x, add], [y], [Node(op, [x, packed, post, add], [y], {"k": k, "pre": 0, "post": 1, "add": 1})])
+    feeds = {"x": rng.standard_normal((1, 1, k)).astype(np.float32),
+             "a": rng.standard_normal((1, 1, n)).astype(np.float32)}
+    got = host.run(relax.VirtualMachine(host.build(to_relax(graph, HOST), HOST), tvm.cpu()), list(feeds.values()))[0]
+    np.testing.assert_allclose(got, interp.run(graph, feeds)[0], rtol=1e-6, atol=1e-6)

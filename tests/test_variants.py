@@ -1,7 +1,8 @@
 """Every format applied to the zoo models, exported to compact ONNX that stock onnxruntime runs.
 
 `export_variant` itself refuses to write a file whose onnxruntime output differs from the torch model of
-that variant (relative 1e-3); these tests add what the file must look like and that hwsim compiles it.
+that variant beyond the derived tolerance (hwsim/precision.py); these tests add what the file must look like
+and that hwsim compiles it.
 """
 
 from pathlib import Path

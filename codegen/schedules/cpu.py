@@ -148,6 +148,11 @@ class Elementwise(CPUScheduleRule):
         infos = try_inline_contiguous_spatial(sch, infos) if infos is not None else None
         if not infos or len(infos) != 1 or not infos[0].is_injective():
             return None
+        # A reduction over one element (a K=1 matmul, from a rank-1 adapter) normalises to an "injective"
+        # block that still has an init; TVM 0.27 inlines the epilogue into both init and update, applying it
+        # twice ((a + x w) * s + a for x w * s + a). Such a block is left to TVM's default lowering.
+        if sch.get(infos[0].block_rv).init is not None:
+            return None
         loops = sch.get_loops(infos[0].block_rv)
         extents = [sch.get(loop).extent for loop in loops]
         if not loops or not all(hasattr(e, "value") for e in extents):

@@ -17,9 +17,8 @@ from hwsim.accel.program import AccelProgram
 from hwsim.accel.stats import summarise
 from hwsim.accel.timing import simulate
 from hwsim.artifacts import sha256_file
-from hwsim.errors import VerificationError
 from hwsim.ir import Graph
-from hwsim.reference import compare
+from hwsim.precision import Reference, verify_outputs
 from targets import Target
 
 
@@ -39,8 +38,7 @@ def program_text(program: AccelProgram) -> str:
     return "\n".join(lines) + "\n" + isa.to_text(program.instrs, program.node_names())
 
 
-def build_accel(graph: Graph, spec: Target, tmp: Path, inputs: list[np.ndarray], reference: list[np.ndarray],
-                out_names: list[str], seed: int, rtol: float,
+def build_accel(graph: Graph, spec: Target, tmp: Path, feeds: dict[str, np.ndarray], ref: Reference, seed: int,
                 timed: Callable[[str, Callable[[], Any]], Any]) -> dict[str, Any]:
     """The accelerator-specific part of the manifest; raises VerificationError on a mismatch."""
     from codegen.accel.lower import lower
@@ -51,22 +49,8 @@ def build_accel(graph: Graph, spec: Target, tmp: Path, inputs: list[np.ndarray],
     t0 = time.perf_counter()
     timeline = timed("simulating cycles", lambda: simulate(program.instrs, spec.accel, program.host_cycles))
     sim_seconds = time.perf_counter() - t0
-    feeds = {v.name: x for v, x in zip(graph.inputs, inputs, strict=True)}
     got = timed("running the program functionally", lambda: functional.run(program, timeline, feeds))
-    oracle = interp.run(graph, feeds)
-    rows = []
-    for name, g, r, o in zip(out_names, got, reference, oracle, strict=True):
-        vs_ort, vs_interp = compare(name, g, r, rtol), compare(name, g, o, rtol)
-        rows.append({"name": name, "shape": list(r.shape), "dtype": str(r.dtype), "max_abs_err": vs_ort.max_abs_err,
-                     "max_rel_err": vs_ort.max_rel_err, "ok": vs_ort.ok and vs_interp.ok,
-                     "interpreter_max_rel_err": vs_interp.max_rel_err, "_describe": vs_ort.describe()})
-    bad = [r for r in rows if not r["ok"]]
-    if bad:
-        raise VerificationError("; ".join(f"{r['_describe']} (vs the interpreter: {r['interpreter_max_rel_err']:.3g})"
-                                          f" exceeds rtol {rtol:g}" for r in bad)
-                                + f" (functional simulation of {spec.name} vs onnxruntime)")
-    for r in rows:
-        del r["_describe"]
+    rows = verify_outputs(ref, got, interp.run(graph, feeds), f"functional simulation of {spec.name}")
     simulation = summarise(program, timeline)
     simulation["simulator_seconds"] = round(sim_seconds, 3)
     where = f"hwsim functional model of {spec.name} (instructions run in their simulated order)"
@@ -74,8 +58,7 @@ def build_accel(graph: Graph, spec: Target, tmp: Path, inputs: list[np.ndarray],
         "target": {"name": spec.name, "kind": spec.kind, "device": f"{spec.name} ({spec.description}); simulated"},
         "artifacts": {"program": {"file": "program.bin", "sha256": sha256_file(tmp / "program.bin")},
                       "program_text": {"file": "program.txt", "sha256": sha256_file(tmp / "program.txt")}},
-        "verification": {"reference": "onnxruntime and the hwsim interpreter", "executed_on": where, "seed": seed,
-                         "rtol": rtol, "passed": True, "outputs": rows},
+        "verification": {**ref.record(), "executed_on": where, "seed": seed, "passed": True, "outputs": rows},
         "latency": {"simulated": {"provenance": "simulated", "device": spec.name, "model": simulation["model"],
                                   "median_ms": simulation["latency_ms"], "cycles": simulation["cycles"]}},
         "simulation": simulation,

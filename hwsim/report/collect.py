@@ -79,7 +79,8 @@ def collect(root: Path) -> dict[str, Any]:
         raise HwsimError(f"{root}: not a hwsim build directory (matrix.json: {e})") from None
     variants = {v["id"]: v for v in matrix["variants"]}
     lora_fp16 = next((v for v in matrix["variants"] if v.get("adapter_format") == "lora-fp16"
-                      and v.get("matched") == "rank" and v.get("base_format") == "fp32"), None)
+                      and v.get("matched") == "rank" and v.get("base_format") == "fp32"
+                      and v.get("status") != "failed"), None)
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     layer_candidates = []
     for job in matrix["jobs"]:
@@ -113,7 +114,9 @@ def collect(root: Path) -> dict[str, Any]:
     for v in matrix["variants"]:
         row: dict[str, Any] = {"variant": v["id"], "adapter_format": v.get("adapter_format"),
                                "base_format": v.get("base_format"), "rank": v.get("rank"), "matched": v["matched"]}
-        if v["matched"] != "as-is":
+        if v.get("status") == "failed":  # not exported (its check failed): only the reason is known
+            row["error"] = v["error"]
+        elif v["matched"] != "as-is":
             src = "models/formats (bits of the packed arrays)"
             row["adapter_bytes"] = figure(v["adapter_bits"] // 8, "bytes", "counted", src)
             row["base_weight_bytes"] = figure(v["base_bits"] // 8, "bytes", "counted", src)

@@ -48,7 +48,12 @@ def run_sweep(spec_path: Path, *, out: Path | None = None, jobs: int | None = No
     variants = {(fmt, rank): Variant(f"{fmt}@r{rank}" if rank and rank != trained else fmt, fmt, "fp32",
                                      rank if rank and rank != trained else None)
                 for fmt in spec.formats for rank in spec.ranks}
-    info = prepare_variants(spec.model, spec.adapter, list(variants.values()), root, spec.tokens, spec.seed, step)
+    info = prepare_variants(spec.model, spec.adapter, list(variants.values()), root, spec.tokens, spec.seed,
+                            rtol=1e-3, retry_failed=force, progress=step)
+    failed = [i for i in info.values() if i.get("status") == "failed"]
+    if failed:
+        raise HwsimError(f"{spec.path}: variant {failed[0]['id']} was not exported ({failed[0]['error']}); "
+                         "drop it from the sweep, or rerun with --force to retry it")
     by_variant = {key: info[v.id] for key, v in variants.items()}
     todo_points = points(spec, {key: i["key"] for key, i in by_variant.items()}, source_hash())
     store = Store(root / STORE)

@@ -36,7 +36,7 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
     from hwsim.accel import functional
     from hwsim.accel.stats import summarise
     from hwsim.accel.timing import simulate
-    from hwsim.matrix import describe
+    from hwsim.errors import describe
     from hwsim.reference import compare, random_inputs
     from targets import target_from_data
 
