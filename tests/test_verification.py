@@ -64,6 +64,22 @@ def test_fp32_paths_keep_rtol_and_the_twin_is_the_model() -> None:
     assert ref.record()["reference"] == "onnxruntime"
 
 
+def test_fp16_inputs_and_outputs_keep_their_interface() -> None:
+    """A model that takes and returns fp16: the twins widen inside, the interface stays fp16."""
+    w = np.random.default_rng(0).standard_normal((512, 8)).astype(np.float16)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "half",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [4, 512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [4, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.random.default_rng(1).standard_normal((4, 512)).astype(np.float16)
+    ref = reference(model, {"x": x}, rtol=1e-3)
+    assert ref.outputs[0].dtype == np.float16 and ref.fp16_ops == 1
+    ir = (x.astype(np.float32) @ w.astype(np.float32)).astype(np.float16)
+    assert np.abs(ref.outputs[0].astype(np.float32) - ir.astype(np.float32)).max() <= np.spacing(np.abs(ir)).max()
+    assert 0 < ref.fp16_rounding[0] < 1e-3  # only the output's own rounding differs between the twins
+
+
 def test_a_wrong_layout_fails_verification() -> None:
     model, w = fp16_matmul_model(256, 8)
     x = np.random.default_rng(2).standard_normal((4, 256)).astype(np.float32)
