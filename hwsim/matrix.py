@@ -217,19 +217,19 @@ def _entry(job: Job, root: str) -> dict[str, Any]:
     return entry
 
 
-def _lookup(job: Job, onnx: str, root: Path, retry_failed: bool, runs: int, rtol: float, rpc: str | None,
+def _lookup(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol: float, rpc: str | None,
             rpc_key: str | None) -> dict[str, Any] | None:
     """The job's entry when the cache answers it (a build, or a failure not to be retried), else None: a
-    rerun of an unchanged matrix starts no build process at all."""
+    rerun of an unchanged matrix starts no build process at all. Takes _run_job's arguments."""
     from hwsim.api import plan_build
     from hwsim.buildcache import failure_line, lookup
 
-    plan = plan_build(onnx, target=job.target_file or job.target, shapes=dict(job.shapes), out=job.path(root),
+    plan = plan_build(onnx, target=job.target_file or job.target, shapes=dict(job.shapes), out=job.path(Path(root)),
                       runs=runs, rtol=rtol, rpc=rpc, rpc_key=rpc_key)
     found = lookup(plan.out_dir, plan.key)
     if found is None or (found.get("status") == "failed" and retry_failed):
         return None
-    entry = _entry(job, str(root))
+    entry = _entry(job, root)
     if found.get("status") == "failed":
         return {**entry, "status": "failed", "cached": True, "error": failure_line(found)}
     return {**entry, "status": "ok", "cached": True}
@@ -254,7 +254,7 @@ def run_jobs(jobs: list[Job], onnx: dict[str, str], root: Path, *, retry_failed:
     todo = []
     progress("looking up cached builds")
     for j in jobs:
-        hit = _lookup(j, onnx[j.variant], root, retry_failed, runs, rtol, *args(j)[6:])
+        hit = _lookup(*args(j))
         if hit is None:
             todo.append(j)
         else:
@@ -380,29 +380,36 @@ def _report_key(root: Path) -> str | None:
         return None
 
 
+def _cached_json(path: Path, key: str, compute: Callable[[], Any]) -> Any:
+    """`compute()`, kept in `path` under `key` and read back while the key is the same."""
+    try:
+        cached = json.loads(path.read_text())
+        if cached["key"] == key:
+            return cached["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(path, {"key": key, "value": value})
+    return value
+
+
 def _plan(model: str, adapter: str | None, formats: list[str], base_formats: list[str], root: Path,
           step: Progress) -> tuple[list[Variant], int | None]:
     """The variants (matched rank, matched bytes, base formats) and the bytes budget; cached, since finding the
     matched-bytes ranks fits every format at several ranks."""
-    key = _key(MATRIX_SCHEMA, "plan", _model_files_hash(model, adapter), formats, base_formats, source_hash())
-    path = root / "variants" / "plan.json"
-    try:
-        cached = json.loads(path.read_text())
-        if cached["key"] == key:
-            return [Variant(**v) for v in cached["variants"]], cached["budget"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    from models.variants import load_adapter_for, load_base
+    def compute() -> dict[str, Any]:
+        from models.variants import load_adapter_for, load_base
 
-    step("planning the variants")
-    variants = plan_variants(formats, base_formats)
-    lora = load_adapter_for(load_base(model), adapter)
-    extra, budget = matched_bytes_variants(lora, formats) if lora is not None and "lordba" in formats \
-        else ([], None)
-    variants += extra
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(path, {"key": key, "variants": [asdict(v) for v in variants], "budget": budget})
-    return variants, budget
+        step("planning the variants")
+        lora = load_adapter_for(load_base(model), adapter)
+        extra, budget = matched_bytes_variants(lora, formats) if lora is not None and "lordba" in formats \
+            else ([], None)
+        return {"variants": [asdict(v) for v in plan_variants(formats, base_formats) + extra], "budget": budget}
+
+    key = _key(MATRIX_SCHEMA, "plan", _model_files_hash(model, adapter), formats, base_formats, source_hash())
+    plan = _cached_json(root / "variants" / "plan.json", key, compute)
+    return [Variant(**v) for v in plan["variants"]], plan["budget"]
 
 
 def _branch_overhead(root: Path, tokens: int, d: int, step: Progress) -> dict[str, Any]:
@@ -410,19 +417,13 @@ def _branch_overhead(root: Path, tokens: int, d: int, step: Progress) -> dict[st
     from hwsim.api import cpu_name
     from hwsim.overhead import branch_overhead
 
+    def compute() -> dict[str, Any]:
+        step(f"measuring the r=16 branch overhead at {tokens}x{d} on the host")
+        return branch_overhead(tokens, d, 16, threads, rounds=5)
+
     threads = os.cpu_count() or 1
     key = _key("overhead", tokens, d, 16, threads, cpu_name(), source_hash())
-    path = root / "overhead.json"
-    try:
-        cached = json.loads(path.read_text())
-        if cached["key"] == key:
-            return cached["result"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    step(f"measuring the r=16 branch overhead at {tokens}x{d} on the host")
-    result = branch_overhead(tokens, d, 16, threads, rounds=5)
-    _write_json_atomic(path, {"key": key, "result": result})
-    return result
+    return _cached_json(root / "overhead.json", key, compute)
 
 
 def report_single(out_dir: Path, model: str, target: str, shapes: dict[str, tuple[int, ...]]) -> Path:

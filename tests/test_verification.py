@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_util import single_node_model
 from test_variants import export
 
 from codegen import cuda
@@ -52,11 +53,7 @@ def test_reference_is_fp32_accumulation_rounded_once() -> None:
 
 def test_fp32_paths_keep_rtol_and_the_twin_is_the_model() -> None:
     w = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "fp32mm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = single_node_model("MatMul", {"x": np.ones((4, 64), np.float32)}, {"w": w})
     twin, count = exact_twin(model)
     assert count == 0 and twin == model
     ref = reference(model, {"x": np.ones((4, 64), np.float32)}, rtol=1e-3)
@@ -67,12 +64,8 @@ def test_fp32_paths_keep_rtol_and_the_twin_is_the_model() -> None:
 def test_fp16_inputs_and_outputs_keep_their_interface() -> None:
     """A model that takes and returns fp16: the twins widen inside, the interface stays fp16."""
     w = np.random.default_rng(0).standard_normal((512, 8)).astype(np.float16)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "half",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [4, 512])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [4, 8])],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = np.random.default_rng(1).standard_normal((4, 512)).astype(np.float16)
+    model = single_node_model("MatMul", {"x": x}, {"w": w})
     ref = reference(model, {"x": x}, rtol=1e-3)
     assert ref.outputs[0].dtype == np.float16 and ref.fp16_ops == 1
     ir = (x.astype(np.float32) @ w.astype(np.float32)).astype(np.float16)
