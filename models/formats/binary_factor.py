@@ -52,21 +52,21 @@ def mdbf_rank(n: int, m: int, bpw: float, l: int, paths: int) -> int:  # noqa: E
     return _largest_within(bpw * n * m, lambda r: mdbf_bits(n, m, r, l, paths), start)
 
 
-def _admm_left(w: np.ndarray, g: np.ndarray, z: np.ndarray, l: int, rho: float,  # noqa: E741
-               inner: int = 3, reg: float = 0.03) -> np.ndarray:
-    """min_F ||W - F G||^2 + lam ||F||^2 with F in the SVID set (sign o rank-l envelope), by ADMM."""
+def _admm_left(w: np.ndarray, g: np.ndarray, z: np.ndarray, u: np.ndarray, l: int, rho: float,  # noqa: E741
+               inner: int = 3, reg: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+    """min_F ||W - F G||^2 + lam ||F||^2 with F in the SVID set (sign o rank-l envelope), by ADMM from the
+    projected iterate z and the scaled dual u of the previous outer iteration; returns (F, the dual)."""
     xx = g @ g.T
     scale = float(np.mean(np.diag(xx))) or 1.0
     xx += reg * scale * np.eye(len(xx))
     xy = w @ g.T
-    u = np.zeros_like(z)
     y = np.linalg.solve(xx + rho * scale * np.eye(len(xx)), (xy + rho * scale * (z - u)).T).T
     step = np.linalg.inv(xx + scale * np.eye(len(xx)))
     for _ in range(inner):
         z = project(y + u, l)
-        u += y - z
+        u = u + y - z
         y = (xy + scale * (z - u)) @ step
-    return project(y + u, l)
+    return project(y + u, l), u
 
 
 def _factor_path(w: np.ndarray, r: int, l: int, iters: int) -> tuple[np.ndarray, np.ndarray, list[float]]:  # noqa: E741
@@ -75,15 +75,19 @@ def _factor_path(w: np.ndarray, r: int, l: int, iters: int) -> tuple[np.ndarray,
     g = project(np.sqrt(s[:r])[:, None] * vt[:r], l)
     best = (rel_error(w, f @ g), f, g)
     trace = [best[0]]
+    # the scaled duals persist across outer iterations (ADMM's memory of the constraint violation); each is
+    # rescaled with its factor when the gauge is fixed
+    uf, ug = np.zeros_like(f), np.zeros_like(g)
     for it in range(iters):
         rho = 0.03 + 0.97 * min(1.0, it / max(iters - 3, 1)) ** 3
         # fix the scale gauge: normalise the fixed factor, the updated one absorbs the norms
         norms = np.maximum(np.linalg.norm(g, axis=1), 1e-12)
-        g = g / norms[:, None]
-        f = _admm_left(w, g, f * norms, l, rho)
+        g, ug = g / norms[:, None], ug / norms[:, None]
+        f, uf = _admm_left(w, g, f * norms, uf * norms, l, rho)
         norms = np.maximum(np.linalg.norm(f, axis=0), 1e-12)
-        f = f / norms
-        g = _admm_left(w.T, f.T, g.T * norms, l, rho).T
+        f, uf = f / norms, uf / norms
+        gt, ugt = _admm_left(w.T, f.T, g.T * norms, ug.T * norms, l, rho)
+        g, ug = gt.T, ugt.T
         err = rel_error(w, f @ g)
         trace.append(err)
         if err < best[0]:
