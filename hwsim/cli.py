@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hwsim.errors import HwsimError, VerificationError
-from hwsim.matrix import DEFAULT_FORMATS, DEFAULT_TARGETS
+from hwsim.matrix import DEFAULT_BASE_FORMATS, DEFAULT_CONTEXT, DEFAULT_FORMATS, DEFAULT_TARGETS
 
 err_console = Console(stderr=True)
 
@@ -69,10 +69,16 @@ def _csv(values: tuple[str, ...]) -> list[str]:
               help="target name (see targets/) or a .toml file; repeatable or comma-separated "
                    f"[default: {','.join(DEFAULT_TARGETS)}; host for an .onnx file]")
 @click.option("--formats", help=f"adapter formats to compare [default: {','.join(DEFAULT_FORMATS)}]")
-@click.option("--base-formats", default="", help="base-weight formats to compare, each with the fp16 LoRA "
-                                                 "adapter (fp16, dbf, mdbf, ternary, tritplane) [default: none]")
+@click.option("--base-formats", help="base-weight formats, each crossed with every adapter format (fp32 = the "
+                                     "model's own weights, fp16, dbf, mdbf, ternary, tritplane) "
+                                     f"[default: {','.join(DEFAULT_BASE_FORMATS)}]")
 @click.option("--adapter", type=click.Path(path_type=Path), help=_ADAPTER_HELP)
 @click.option("--tokens", type=int, help="prefill tokens [default: the model's default sequence length]")
+@click.option("--matched-bytes", is_flag=True,
+              help="also build each adapter format at the largest rank whose adapter fits in LoRDBA's bytes at the "
+                   "trained rank, on each base (a second set of variants: about twice the builds)")
+@click.option("--context", type=int, default=DEFAULT_CONTEXT, show_default=True,
+              help="decode: past tokens in the KV cache the new token attends to")
 @click.option("--shape", "shape", multiple=True, metavar="NAME=DIMS", help=_SHAPE_HELP)
 @click.option("--out", type=click.Path(path_type=Path),
               help="output directory [default: build/MODEL, or build/MODEL/TARGET for one .onnx build]")
@@ -91,16 +97,18 @@ def _csv(values: tuple[str, ...]) -> list[str]:
 @click.option("--rpc-key", metavar="KEY", help="device key to request from the RPC tracker at --rpc")
 @click.option("--json", "as_json", is_flag=True,
               help="print the manifest (one build) or results.json (a matrix) instead of a summary")
-def compile(model: str | None, targets: tuple[str, ...], formats: str | None, base_formats: str, adapter: Path | None,
-            tokens: int | None, shape: tuple[str, ...], out: Path | None, force: bool, jobs: int | None, seed: int,
-            rtol: float, runs: int, rpc: str | None, rpc_key: str | None, as_json: bool) -> None:
+def compile(model: str | None, targets: tuple[str, ...], formats: str | None, base_formats: str | None,
+            adapter: Path | None, tokens: int | None, matched_bytes: bool, context: int, shape: tuple[str, ...],
+            out: Path | None, force: bool, jobs: int | None, seed: int, rtol: float, runs: int, rpc: str | None,
+            rpc_key: str | None, as_json: bool) -> None:
     """Compile MODEL for the targets, verify every build, and write a comparison report.
 
     MODEL is a built-in model (default: tiny-llama), a Hugging Face model directory (config + safetensors,
     with --adapter PEFT_DIR) or an .onnx file. A built-in or Hugging Face model builds a matrix: each adapter
-    format at the trained rank and at matched adapter bytes (and each --base-formats entry) x each target x
-    prefill (--tokens) and decode (one token); the variants are fitted and exported to ONNX once, the builds
-    that are not timed here run in parallel (--jobs), the host builds one at a time. An .onnx file is
+    format at the trained rank (and, with --matched-bytes, at LoRDBA's adapter bytes), on each --base-formats
+    base, x each target x prefill (--tokens) and decode (one token attending to a KV cache of --context past
+    tokens; encoders have no decode); the variants are fitted and exported to ONNX once, the builds run in
+    parallel (--jobs), and the host builds are then timed one at a time, alone. An .onnx file is
     compiled as it is, one build per target. Every run ends with report.html, report.md and results.json
     (`hwsim report DIR` regenerates them); a failed build is reported, not fatal.
 
@@ -132,7 +140,9 @@ def compile(model: str | None, targets: tuple[str, ...], formats: str | None, ba
         else:
             matrix = compile_matrix(model, adapter=str(adapter) if adapter else None,
                                     formats=_csv((formats,)) if formats is not None else None,
-                                    base_formats=_csv((base_formats,)), targets=target_list or None, tokens=tokens,
+                                    base_formats=_csv((base_formats,)) if base_formats else None,
+                                    targets=target_list or None, tokens=tokens, context=context,
+                                    matched_bytes=matched_bytes,
                                     shapes=_shapes(shape), out=out, force=force, workers=jobs, runs=runs, seed=seed,
                                     rtol=rtol, rpc=rpc, rpc_key=rpc_key, progress=progress)
             report = matrix.report
@@ -384,7 +394,7 @@ def convert(adapter: str, fmt: str, out: Path, force: bool, layout: str | None, 
     the bytes of each file written vs the source adapter file). --peft-twin adds the equivalent plain
     PEFT LoRA (fp32, the correctness oracle), for tools that load PEFT adapters.
     """
-    from hwsim.api import convert_adapter_dir
+    from hwsim.formats_api import convert_adapter_dir
 
     opts = {k: v for k, v in (("layout", layout), ("packing", packing)) if v is not None}
     if (layout and fmt != "lordba") or (packing and fmt not in ("ternary", "tritplane")):
@@ -440,7 +450,7 @@ def export(model: str, adapter: Path | None, fmt: str, base_format: str, bpw: fl
     Signs and trits are stored packed as uint8 initializers; each format layer is one ai.hwsim op with a
     model-local function body, so stock onnxruntime runs the file (checked against torch before writing).
     """
-    from hwsim.api import export_model
+    from hwsim.formats_api import export_model
 
     with err_console.status("exporting", spinner="dots") as status:
         report = export_model(model, adapter=adapter, adapter_format=fmt, base_format=base_format, bpw=bpw,
@@ -470,7 +480,7 @@ def formats(model: str, adapter: Path | None, formats: str, base_formats: str, b
     Output errors are relative to the unquantised model (fp32 base + the trained adapter in fp32);
     for embedding models the mean cosine similarity to its embeddings is shown too.
     """
-    from hwsim.api import compare_formats
+    from hwsim.formats_api import compare_formats
 
     variants = [(f, "fp32") for f in formats.split(",") if f] + [("lora-fp16", b) for b in base_formats.split(",") if b]
     with err_console.status("fitting", spinner="dots") as status:

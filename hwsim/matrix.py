@@ -1,18 +1,18 @@
-"""`hwsim compile` over a matrix: format variants x targets x phases (prefill, decode), built in parallel
-where the machine allows, under one progress display, then the comparison report.
+"""`hwsim compile` over a matrix: format variants x targets x phases (prefill, decode with a KV cache), built
+in parallel where the machine allows, under one progress display, then the comparison report.
 
-Variants of a built-in or Hugging Face model: each adapter format at the trained rank ("matched rank"),
-and, for comparisons at matched adapter bytes, each format at the largest rank whose adapter fits in the
-bytes of LoRDBA at the trained rank (smaller ranks are the truncated SVD of the trained adapter's dW);
-each base format with the fp16 LoRA adapter. Every variant is exported to ONNX once (cached by a content
-key), with its bytes, reconstruction and output errors and its training state measured on the way. An
-ONNX file is one variant, compiled as it is.
+Variants of a built-in or Hugging Face model: each adapter format on each base format at the trained rank
+("matched rank"), and, with matched bytes, each format at the largest rank whose adapter fits in the bytes
+of LoRDBA at the trained rank (smaller ranks are the truncated SVD of the trained adapter's dW), on each
+base. Every variant is exported to ONNX once per phase (cached by a content key), with its bytes,
+reconstruction and output errors and its training state measured on the way. An ONNX file is one variant,
+compiled as it is.
 
 Jobs are hwsim compiles (each cached by its own key, a deterministic failure too: hwsim/buildcache.py),
-looked up before any starts. Builds that measure nothing here (cross-compiled, CUDA, simulated) run in a
-process pool; the host builds, which are timed, run one at a time afterwards, so no measurement shares the
-machine with a build. The variant plan, the exports, the host's branch-overhead measurement and the report
-are cached too: an unchanged rerun writes nothing.
+looked up before any starts. Exports and builds run in a process pool; host builds are built and verified
+there but timed afterwards, one at a time, so no measurement shares the machine with a build. The variant
+plan, the exports, the host's branch-overhead measurement and the report are cached too: an unchanged rerun
+writes nothing.
 """
 
 import hashlib
@@ -34,6 +34,8 @@ from targets import load_target
 MATRIX_SCHEMA = "hwsim.matrix/1"
 DEFAULT_TARGETS = ("host", "cortex-a76", "nvidia-h100", "sacc-32x32")
 DEFAULT_FORMATS = ("lora-fp16", "lordba", "ternary", "tritplane")
+DEFAULT_BASE_FORMATS = ("fp16", "ternary")
+DEFAULT_CONTEXT = 128
 Progress = Callable[[str], None]
 
 
@@ -66,10 +68,9 @@ def _variant_id(adapter: str | None, base: str, rank: int | None = None) -> str:
 
 
 def plan_variants(adapter_formats: list[str], base_formats: list[str]) -> list[Variant]:
-    """Matched-rank variants; the matched-bytes ones are added once the budget is known."""
-    out = [Variant(_variant_id(f, "fp32"), f, "fp32") for f in adapter_formats]
-    out += [Variant(_variant_id("lora-fp16", b), "lora-fp16", b) for b in base_formats]
-    return out
+    """Each adapter format on each base format, at the trained rank; the matched-bytes ones are added once the
+    budget is known."""
+    return [Variant(_variant_id(f, b), f, b) for b in base_formats for f in adapter_formats]
 
 
 def _adapter_bits(lora: Any, fmt: str) -> int:
@@ -78,8 +79,9 @@ def _adapter_bits(lora: Any, fmt: str) -> int:
     return sum(r.fitted.bits() for r in convert_adapter(lora, fmt))
 
 
-def matched_bytes_variants(lora: Any, adapter_formats: list[str]) -> tuple[list[Variant], int]:
-    """Each format at the largest rank whose adapter bytes fit LoRDBA's at the trained rank (the budget)."""
+def matched_bytes_variants(lora: Any, adapter_formats: list[str], base_formats: list[str]) -> tuple[list[Variant], int]:
+    """Each format at the largest rank whose adapter bytes fit LoRDBA's at the trained rank (the budget), on
+    each base format."""
     trained = int(lora.config["r"])
     budget = _adapter_bits(lora, "lordba")
     out = []
@@ -87,7 +89,7 @@ def matched_bytes_variants(lora: Any, adapter_formats: list[str]) -> tuple[list[
         rank = next((r for r in range(trained, 0, -1)
                      if _adapter_bits(lora if r == trained else lora.truncated(r), fmt) <= budget), 1)
         if rank != trained:
-            out.append(Variant(_variant_id(fmt, "fp32", rank), fmt, "fp32", rank, "bytes"))
+            out += [Variant(_variant_id(fmt, b, rank), fmt, b, rank, "bytes") for b in base_formats]
     return out, budget // 8
 
 
@@ -106,34 +108,55 @@ def _model_files_hash(model: str, adapter: str | None) -> str:
 
 
 def prepare_variants(model: str, adapter: str | None, variants: list[Variant], root: Path, tokens: int,
-                     seed: int, rtol: float, retry_failed: bool, progress: Progress) -> dict[str, dict[str, Any]]:
+                     context: int, seed: int, rtol: float, retry_failed: bool, progress: Progress,
+                     phases: tuple[str, ...] = ("prefill", "decode"), workers: int = 1) -> dict[str, dict[str, Any]]:
     """Export every variant (cached) and measure its bytes, errors and training state.
 
-    A variant whose export fails its check (torch vs onnxruntime) is recorded with the reason, under the
-    same key, and its builds are reported failed; it is retried only with `retry_failed`."""
+    Each variant is one ONNX file per phase (of `phases`, those the model has): prefill (`variants/ID.onnx`)
+    and, for decoders, decode with a KV cache of `context` tokens (`variants/ID.decode.onnx`). A variant whose
+    export fails its check (torch vs onnxruntime) is recorded with the reason, under the same key, and its
+    builds are reported failed; it is retried only with `retry_failed`. Exports run in `workers` processes."""
     files = _model_files_hash(model, adapter)
     out: dict[str, dict[str, Any]] = {}
-    reference = None
+    todo: list[tuple[Variant, str]] = []
     for v in variants:
-        path = root / "variants" / f"{v.id}.onnx"
-        info_path = path.with_suffix(".json")
-        key = _key(MATRIX_SCHEMA, files, asdict(v), seed, tokens, rtol, source_hash())
+        info_path = root / "variants" / f"{v.id}.json"
+        key = _key(MATRIX_SCHEMA, files, asdict(v), seed, tokens, context, phases, rtol, source_hash())
         if info_path.is_file():
             info = json.loads(info_path.read_text())
             failed = info.get("status") == "failed"
-            if info.get("key") == key and (path.is_file() or (failed and not retry_failed)):
+            exported = all(Path(e["path"]).is_file() for e in info.get("exports", {}).values())
+            if info.get("key") == key and ((exported and not failed) or (failed and not retry_failed)):
                 out[v.id] = info
                 continue
-        progress(f"fitting and exporting {v.id}")
-        if reference is None:
-            reference = _reference_outputs(model, adapter, seed)
-        try:
-            info = _export_variant(model, adapter, v, path, key, reference, tokens, seed, rtol)
-        except VerificationError as e:  # the export check: this variant fails, the matrix goes on
-            info = {"key": key, **asdict(v), "status": "failed", "error": describe(e)}
-        _write_json_atomic(info_path, info)
-        out[v.id] = info
-    return out
+        todo.append((v, key))
+    if todo:
+        progress(f"fitting and exporting {len(todo)} variants")
+        reference = _reference_outputs(model, adapter, seed)
+        args = [(model, adapter, v, root / "variants", key, reference, tokens, context, phases, seed, rtol)
+                for v, key in todo]
+        if workers > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_export_job, *a): a[2] for a in args}
+                for n, fut in enumerate(as_completed(futures), 1):
+                    out[futures[fut].id] = fut.result()
+                    progress(f"exported {n}/{len(todo)}: {futures[fut].id}")
+        else:
+            for n, a in enumerate(args, 1):
+                progress(f"fitting and exporting {a[2].id} ({n}/{len(todo)})")
+                out[a[2].id] = _export_job(*a)
+    return {v.id: out[v.id] for v in variants}
+
+
+def _export_job(model: str, adapter: str | None, v: Variant, folder: Path, key: str, reference: np.ndarray,
+                tokens: int, context: int, phases: tuple[str, ...], seed: int, rtol: float) -> dict[str, Any]:
+    """One variant's exports and record (variants/ID.json), in a pool process or here."""
+    try:
+        info = _export_variant(model, adapter, v, folder, key, reference, tokens, context, phases, seed, rtol)
+    except VerificationError as e:  # the export check: this variant fails, the matrix goes on
+        info = {"key": key, **asdict(v), "status": "failed", "error": describe(e)}
+    _write_json_atomic(folder / f"{v.id}.json", info)
+    return info
 
 
 def _reference_outputs(model: str, adapter: str | None, seed: int) -> np.ndarray:
@@ -148,8 +171,8 @@ def _reference_outputs(model: str, adapter: str | None, seed: int) -> np.ndarray
         return base.wrapper()(*base.inputs(seed)).numpy()
 
 
-def _export_variant(model: str, adapter: str | None, v: Variant, path: Path, key: str, reference: np.ndarray,
-                    tokens: int, seed: int, rtol: float) -> dict[str, Any]:
+def _export_variant(model: str, adapter: str | None, v: Variant, folder: Path, key: str, reference: np.ndarray,
+                    tokens: int, context: int, phases: tuple[str, ...], seed: int, rtol: float) -> dict[str, Any]:
     import torch
 
     from models.peft_io import convert_adapter
@@ -166,8 +189,7 @@ def _export_variant(model: str, adapter: str | None, v: Variant, path: Path, key
     info = {"key": key, **asdict(v), "status": "ok", **variant_summary(report),
             "rank": v.rank or (int(lora.config["r"]) if lora is not None else None),
             "output_rel_error": float(np.linalg.norm(got - reference) / np.linalg.norm(reference)),
-            "hidden_size": int(getattr(base.model.config, "hidden_size", 0)),
-            "inputs": base.io_names()[0]}
+            "hidden_size": int(getattr(base.model.config, "hidden_size", 0)), "model_kind": base.kind}
     if got.ndim == 2:  # sentence embeddings: cosine similarity to the unquantised model's
         cos = (got * reference).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
         info["cosine_similarity"] = float(cos.mean())
@@ -177,9 +199,13 @@ def _export_variant(model: str, adapter: str | None, v: Variant, path: Path, key
         info["training_state"] = {**asdict(st), "total": st.total, "tokens": tokens}
         # against the trained adapter's dW (a truncated adapter's own dW would hide the truncation)
         info["adapter_rel_error"] = float(np.mean([_rel(trained, r) for r in fitted]))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info["export_check"] = export_variant(base, path, force=True, seed=seed, rtol=rtol)["check"]
-    info["onnx"] = str(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    info["exports"] = {}
+    for phase in (p for p in base.phases if p in phases):
+        path = folder / (f"{v.id}.onnx" if phase == "prefill" else f"{v.id}.{phase}.onnx")
+        e = export_variant(base, path, force=True, seed=seed, rtol=rtol, phase=phase, context=context)
+        shapes = e["inputs"] if phase == "decode" else {n: [1, tokens, *s[2:]] for n, s in e["inputs"].items()}
+        info["exports"][phase] = {"path": str(path), "shapes": shapes, "check": e["check"]}
     return info
 
 
@@ -195,9 +221,10 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def _run_job(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol: float, rpc: str | None,
-             rpc_key: str | None) -> dict[str, Any]:
+             rpc_key: str | None, measure: bool = True) -> dict[str, Any]:
     """One compile; failures are recorded, not raised (a failed target must not stop the matrix), and a
-    deterministic one is cached in the job's directory like a build."""
+    deterministic one is cached in the job's directory like a build. `measure` False: a host build is not
+    timed yet (see compile_model)."""
     from hwsim.api import compile_model
 
     entry = _entry(job, root)
@@ -205,7 +232,7 @@ def _run_job(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol
         # the matrix directory is ours: a job whose inputs changed replaces its stale build (force)
         result = compile_model(onnx, target=job.target_file or job.target, shapes=dict(job.shapes),
                                out=job.path(Path(root)), force=True, runs=runs, rtol=rtol, rpc=rpc, rpc_key=rpc_key,
-                               record_failure=True, retry_failed=retry_failed)
+                               record_failure=True, retry_failed=retry_failed, measure=measure)
         return {**entry, "status": "ok", "cached": result.cached}
     except Exception as e:  # every failure is reported in the matrix: HwsimError, verification, TVM, qemu
         return {**entry, "status": "failed", "error": describe(e), "cached": isinstance(e, CachedFailure)}
@@ -218,16 +245,18 @@ def _entry(job: Job, root: str) -> dict[str, Any]:
 
 
 def _lookup(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol: float, rpc: str | None,
-            rpc_key: str | None) -> dict[str, Any] | None:
-    """The job's entry when the cache answers it (a build, or a failure not to be retried), else None: a
-    rerun of an unchanged matrix starts no build process at all. Takes _run_job's arguments."""
+            rpc_key: str | None, measure: bool = True) -> dict[str, Any] | None:
+    """The job's entry when the cache answers it (a build, or a failure not to be retried), else None (also for
+    a host build not yet timed): a rerun of an unchanged matrix starts no build process at all. Takes
+    _run_job's arguments."""
     from hwsim.api import plan_build
-    from hwsim.buildcache import failure_line, lookup
+    from hwsim.buildcache import PENDING, failure_line, lookup
 
     plan = plan_build(onnx, target=job.target_file or job.target, shapes=dict(job.shapes), out=job.path(Path(root)),
                       runs=runs, rtol=rtol, rpc=rpc, rpc_key=rpc_key)
     found = lookup(plan.out_dir, plan.key)
-    if found is None or (found.get("status") == "failed" and retry_failed):
+    if found is None or (found.get("status") == "failed" and retry_failed) or \
+            (measure and PENDING in found.get("latency", {})):
         return None
     entry = _entry(job, root)
     if found.get("status") == "failed":
@@ -235,10 +264,10 @@ def _lookup(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol:
     return {**entry, "status": "ok", "cached": True}
 
 
-def run_jobs(jobs: list[Job], onnx: dict[str, str], root: Path, *, retry_failed: bool, workers: int, runs: int,
-             rtol: float, rpc: str | None, rpc_key: str | None, progress: Progress) -> list[dict[str, Any]]:
-    """Cache hits first, then the unmeasured builds in a pool of `workers` processes, then the timed host
-    builds one by one."""
+def run_jobs(jobs: list[Job], onnx: dict[tuple[str, str], str], root: Path, *, retry_failed: bool, workers: int,
+             runs: int, rtol: float, rpc: str | None, rpc_key: str | None, progress: Progress) -> list[dict[str, Any]]:
+    """Cache hits first, then every build in a pool of `workers` processes (host builds built and verified but
+    not timed), then the host builds timed one by one, alone on the machine."""
     def spec(job: Job) -> Any:
         return load_target(job.target_file or job.target)
 
@@ -246,9 +275,10 @@ def run_jobs(jobs: list[Job], onnx: dict[str, str], root: Path, *, retry_failed:
         s = spec(job)
         return s.kind == "cpu" and not s.tvm.mtriple and not rpc
 
-    def args(j: Job) -> tuple:
+    def args(j: Job, measure: bool = True) -> tuple:
         cpu_rpc = rpc if spec(j).kind == "cpu" else None
-        return j, onnx[j.variant], str(root), retry_failed, runs, rtol, cpu_rpc, rpc_key if cpu_rpc else None
+        return (j, onnx[(j.variant, j.phase)], str(root), retry_failed, runs, rtol, cpu_rpc,
+                rpc_key if cpu_rpc else None, measure)
 
     results: list[dict[str, Any]] = []
     todo = []
@@ -260,21 +290,24 @@ def run_jobs(jobs: list[Job], onnx: dict[str, str], root: Path, *, retry_failed:
         else:
             results.append(hit)
     done = len(results)
-    pooled = [j for j in todo if not measured_here(j)]
-    serial = [j for j in todo if measured_here(j)]
-    if pooled and workers > 1:
+    built: dict[Job, dict[str, Any]] = {}
+    if todo and workers > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_job, *args(j)): j for j in pooled}
+            futures = {pool.submit(_run_job, *args(j, measure=False)): j for j in todo}
             for fut in as_completed(futures):
-                results.append(fut.result())
+                built[futures[fut]] = fut.result()
                 done += 1
                 progress(f"built {done}/{len(jobs)}: {futures[fut].variant} on {futures[fut].target}")
     else:
-        serial = pooled + serial
-    for j in serial:
-        progress(f"building {done + 1}/{len(jobs)}: {j.variant} on {j.target} ({j.phase})")
-        results.append(_run_job(*args(j)))
-        done += 1
+        for j in todo:
+            progress(f"building {done + 1}/{len(jobs)}: {j.variant} on {j.target} ({j.phase})")
+            built[j] = _run_job(*args(j, measure=False))
+            done += 1
+    timed = [j for j in todo if measured_here(j) and built[j]["status"] == "ok"]
+    for i, j in enumerate(timed):
+        progress(f"timing {i + 1}/{len(timed)} on the host: {j.variant} ({j.phase})")
+        built[j] = {**_run_job(*args(j)), "cached": built[j]["cached"]}
+    results += built.values()
     order = {(j.variant, j.target, j.phase): i for i, j in enumerate(jobs)}
     return sorted(results, key=lambda r: order[(r["variant"], r["target"], r["phase"])])
 
@@ -288,14 +321,17 @@ class MatrixResult:
 
 def compile_matrix(model: str | None, *, adapter: str | None = None, formats: list[str] | None = None,
                    base_formats: list[str] | None = None, targets: list[str] | None = None,
-                   tokens: int | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+                   tokens: int | None = None, context: int = DEFAULT_CONTEXT, matched_bytes: bool = False,
+                   shapes: dict[str, tuple[int, ...]] | None = None,
                    out: Path | None = None, force: bool = False, workers: int | None = None, runs: int = 20,
                    seed: int = 0, rtol: float = 1e-3, rpc: str | None = None, rpc_key: str | None = None,
                    overhead: bool = True, progress: Progress | None = None) -> MatrixResult:
     """Build the matrix and write the report (see the module docstring); returns where they are.
 
     Everything is cached by content: an unchanged rerun builds, fits, measures and writes nothing. `force`
-    retries cached failures (and replaces an output directory that is not a hwsim matrix)."""
+    retries cached failures (and replaces an output directory that is not a hwsim matrix). `formats` and
+    `base_formats` default to the built-in model's own choice, else DEFAULT_FORMATS x DEFAULT_BASE_FORMATS;
+    `matched_bytes` adds each format at LoRDBA's adapter bytes, on each base."""
     from hwsim.api import resolve_model
     from models.zoo import DEFAULT_MODEL, ZOO
 
@@ -311,6 +347,8 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
     if not onnx_file and model not in ZOO and not (Path(model) / "config.json").is_file():
         raise HwsimError(f"{model}: not an .onnx file, a built-in model ({', '.join(sorted(ZOO))}) nor a Hugging Face "
                          "model directory (no config.json)")
+    if context < 1:
+        raise HwsimError(f"--context must be at least 1 past token, got {context}")
     if adapter and not Path(adapter).is_dir():
         raise HwsimError(f"{adapter}: not an adapter directory")
     name = Path(model).stem if onnx_file else Path(model).name if model not in ZOO else model
@@ -319,23 +357,27 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
         raise HwsimError(f"{root} already exists and is not a hwsim matrix: pass --force to replace it, or choose "
                          "another --out")
     src = resolve_model(model) if onnx_file else None
+    zoo = None if onnx_file else ZOO.get(model)
     root.mkdir(parents=True, exist_ok=True)
     if src is not None:
         variants = [Variant("as-is", None, "as-is", matched="as-is")]
-        info = {"as-is": {**asdict(variants[0]), "status": "ok", "onnx": str(src.path)}}
-        phases = {"as-given": dict(shapes or {})}
+        info = {"as-is": {**asdict(variants[0]), "status": "ok",
+                          "exports": {"as-given": {"path": str(src.path), "shapes": dict(shapes or {})}}}}
         budget = None
     else:
-        formats = list(DEFAULT_FORMATS if formats is None else formats)
-        variants, budget = _plan(model, adapter, formats, list(base_formats or []), root, step)
-        tokens = tokens or (ZOO[model].default_shapes["input_ids"][1] if model in ZOO else 16)
-        info = prepare_variants(model, adapter, variants, root, tokens, seed, rtol, force, step)
-        inputs = next((i["inputs"] for i in info.values() if "inputs" in i), ["input_ids"])
-        phases = {"prefill": {n: (1, tokens) for n in inputs}, "decode": {n: (1, 1) for n in inputs}}
+        formats = list(formats if formats is not None else zoo.formats if zoo and zoo.formats else DEFAULT_FORMATS)
+        bases = list(base_formats or DEFAULT_BASE_FORMATS)
+        variants, budget = _plan(model, adapter, formats, bases, matched_bytes, root, step)
+        tokens = tokens or (next(iter(zoo.default_shapes.values()))[1] if zoo else 16)
+        info = prepare_variants(model, adapter, variants, root, tokens, context, seed, rtol, force, step,
+                                workers=workers or os.cpu_count() or 1)
+    exports = next((i["exports"] for i in info.values() if "exports" in i), {"prefill": {"shapes": {}}})
+    phases = {p: {k: tuple(v) for k, v in e["shapes"].items()} for p, e in exports.items()}
     jobs = [Job(v.id, spec.name, phase, tuple(sorted(s.items())), "" if t == spec.name else str(Path(t).resolve()))
             for v in variants for t, spec in zip(targets, specs, strict=True) for phase, s in phases.items()]
     exported = [j for j in jobs if info[j.variant].get("status") == "ok"]
-    results = run_jobs(exported, {v: i["onnx"] for v, i in info.items() if "onnx" in i}, root, retry_failed=force,
+    onnx = {(v, p): e["path"] for v, i in info.items() for p, e in i.get("exports", {}).items()}
+    results = run_jobs(exported, onnx, root, retry_failed=force,
                        workers=workers or os.cpu_count() or 1, runs=runs, rtol=rtol, rpc=rpc, rpc_key=rpc_key,
                        progress=step)
     results += [{**_entry(j, str(root)), "status": "failed", "cached": True,
@@ -343,10 +385,12 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
     order = {(j.variant, j.target, j.phase): i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[(r["variant"], r["target"], r["phase"])])
     matrix: dict[str, Any] = {
-        "schema": MATRIX_SCHEMA, "model": {"name": name, "source": str(model), "adapter": adapter},
+        "schema": MATRIX_SCHEMA, "model": {"name": name, "source": str(model), "adapter": adapter,
+                                           **({"scaled": dict(zoo.scaled)} if zoo and zoo.scaled else {})},
         "targets": [{"name": s.name, "kind": s.kind, "description": s.description, "links": s.links}
                     for s in specs],
         "phases": {p: {k: list(v) for k, v in s.items()} for p, s in phases.items()},
+        **({"context": context} if "decode" in phases else {}),
         "variants": list(info.values()), "matched_bytes_budget": budget,
         "jobs": [{k: v for k, v in r.items() if k != "cached"} for r in results]}
     if overhead and not onnx_file and "host" in [spec.name for spec in specs]:
@@ -394,20 +438,24 @@ def _cached_json(path: Path, key: str, compute: Callable[[], Any]) -> Any:
     return value
 
 
-def _plan(model: str, adapter: str | None, formats: list[str], base_formats: list[str], root: Path,
-          step: Progress) -> tuple[list[Variant], int | None]:
-    """The variants (matched rank, matched bytes, base formats) and the bytes budget; cached, since finding the
-    matched-bytes ranks fits every format at several ranks."""
+def _plan(model: str, adapter: str | None, formats: list[str], base_formats: list[str], matched_bytes: bool,
+          root: Path, step: Progress) -> tuple[list[Variant], int | None]:
+    """The variants (each adapter format on each base format, at matched rank and matched bytes) and the bytes
+    budget; cached, since finding the matched-bytes ranks fits every format at several ranks."""
     def compute() -> dict[str, Any]:
         from models.variants import load_adapter_for, load_base
 
         step("planning the variants")
         lora = load_adapter_for(load_base(model), adapter)
-        extra, budget = matched_bytes_variants(lora, formats) if lora is not None and "lordba" in formats \
-            else ([], None)
-        return {"variants": [asdict(v) for v in plan_variants(formats, base_formats) + extra], "budget": budget}
+        extra, budget = matched_bytes_variants(lora, formats, base_formats) \
+            if matched_bytes and lora is not None and "lordba" in formats else ([], None)
+        planned = plan_variants(formats, base_formats) + extra
+        planned.sort(key=lambda v: (base_formats.index(v.base_format), v.matched != "rank",
+                                    formats.index(v.adapter_format)))
+        return {"variants": [asdict(v) for v in planned], "budget": budget}
 
-    key = _key(MATRIX_SCHEMA, "plan", _model_files_hash(model, adapter), formats, base_formats, source_hash())
+    key = _key(MATRIX_SCHEMA, "plan", _model_files_hash(model, adapter), formats, base_formats, matched_bytes,
+               source_hash())
     plan = _cached_json(root / "variants" / "plan.json", key, compute)
     return [Variant(**v) for v in plan["variants"]], plan["budget"]
 

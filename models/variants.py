@@ -21,41 +21,80 @@ from models.torch_formats import AdaptedLinear, FormatLinear, Fp32LoraBranch, Ha
 from models.zoo import ZOO, zoo_dir
 
 _SKIP_BASE = ("lm_head", "embed", "pooler", "classifier")
+_DECODERS = ("llama", "mistral", "qwen2")
 
 
 @dataclass
 class Base:
-    """A loaded base model and how to call and export it."""
+    """A loaded base model and how to call and export it, per phase.
+
+    kind: "causal-lm" (token ids -> logits), "embedding" (an encoder: ids + mask -> a pooled embedding; it has
+    no decode phase) or "block" (hidden states -> hidden states through decoder blocks alone). Decode is one
+    step with a KV cache of `context` past tokens (models.zoo_build.CachedStep).
+    """
 
     name: str
-    kind: str  # "causal-lm" or "embedding"
+    kind: str
     model: torch.nn.Module  # the Hugging Face model (modules get replaced in place)
     adapter_dir: Path | None  # the zoo's trained adapter, if any
+    path: Path | None = None  # the model directory (a tokenizer saved there gives text inputs)
 
-    def wrapper(self) -> torch.nn.Module:
-        from models.zoo_build import LogitsOnly, MeanPooledEmbedding
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return ("prefill",) if self.kind == "embedding" else ("prefill", "decode")
 
-        return (LogitsOnly if self.kind == "causal-lm" else MeanPooledEmbedding)(self.model).eval()
+    def wrapper(self, phase: str = "prefill") -> torch.nn.Module:
+        from models.zoo_build import BlockOnly, CachedStep, LogitsOnly, MeanPooledEmbedding
 
-    def inputs(self, seed: int, batch: int = 4, seq: int = 16) -> tuple[torch.Tensor, ...]:
-        """Held-in inputs: data from the task the zoo adapter was trained on; for other models, token ids
-        from the same seeded generator over the model's vocabulary (and a full attention mask)."""
-        if self.name != "minilm":
+        if phase == "decode":
+            return CachedStep(self.model, embeds=self.kind == "block").eval()
+        return {"causal-lm": LogitsOnly, "embedding": MeanPooledEmbedding, "block": BlockOnly}[self.kind](
+            self.model).eval()
+
+    def kv_shape(self, context: int, batch: int = 1) -> tuple[int, ...]:
+        """[layers, batch, kv_heads, context, head_dim] of the stacked past keys (and values)."""
+        c = self.model.config
+        heads = c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+        return (c.num_hidden_layers, batch, getattr(c, "num_key_value_heads", None) or heads, context, head_dim)
+
+    def inputs(self, seed: int, batch: int = 4, seq: int = 16, phase: str = "prefill",
+               context: int = 0) -> tuple[torch.Tensor, ...]:
+        """Held-in inputs: with a tokenizer beside the model, sentences of the sentiment task the zoo adapters
+        are trained on; else token ids from a seeded generator over the model's vocabulary (and a full attention
+        mask). A block takes seeded hidden states. Decode: the last token of one such sequence, and seeded past
+        keys and values."""
+        if phase == "decode":
+            first = self.inputs(seed, batch=1, seq=seq)[0][:, -1:]
+            gen = torch.Generator().manual_seed(seed)
+            shape = self.kv_shape(context)
+            return first, torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+        if self.kind == "block":
+            gen = torch.Generator().manual_seed(seed)
+            return (torch.randn((batch, seq, self.model.config.hidden_size), generator=gen),)
+        if self.path is None or not (self.path / "tokenizer_config.json").is_file():
             from models.train import permutation_lm_batches
 
             ids = next(permutation_lm_batches(self.model.config.vocab_size, seq, batch, seed))["input_ids"]
             return (ids,) if self.kind == "causal-lm" else (ids, torch.ones_like(ids))
+        from transformers import AutoTokenizer
+
         from models.train import sentiment_sentences
-        from models.zoo_build import minilm_tokenizer
 
         texts, _ = sentiment_sentences(batch, seed)
-        enc = minilm_tokenizer()(texts, padding="max_length", max_length=seq, truncation=True, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
+        with quiet():
+            tok = AutoTokenizer.from_pretrained(self.path)
+        enc = tok(texts, padding="max_length", max_length=seq, truncation=True, return_tensors="pt")
+        return (enc["input_ids"],) if self.kind == "causal-lm" else (enc["input_ids"], enc["attention_mask"])
 
-    def io_names(self) -> tuple[list[str], list[str]]:
-        if self.kind == "causal-lm":
-            return ["input_ids"], ["logits"]
-        return ["input_ids", "attention_mask"], ["sentence_embedding"]
+    def io_names(self, phase: str = "prefill") -> tuple[list[str], list[str]]:
+        first, out = {"causal-lm": ("input_ids", "logits"), "block": ("hidden_states", "output"),
+                      "embedding": ("input_ids", "sentence_embedding")}[self.kind]
+        if phase == "decode":
+            return [first, "past_keys", "past_values"], [out, "present_keys", "present_values"]
+        if self.kind == "embedding":
+            return ["input_ids", "attention_mask"], [out]
+        return [first], [out]
 
 
 def load_base(model: str) -> Base:
@@ -79,7 +118,9 @@ def load_base(model: str) -> Base:
             extra = {"add_pooling_layer": False} if config.model_type == "bert" else {}
             hf = AutoModel.from_pretrained(path, **extra)
         hf = hf.eval()
-    return Base(model, "causal-lm" if causal else "embedding", hf, adapter)
+    # a bare decoder stack (e.g. LlamaModel: the llama2-7b-block zoo entry) takes hidden states
+    kind = "causal-lm" if causal else "block" if config.model_type in _DECODERS else "embedding"
+    return Base(model, kind, hf, adapter, path)
 
 
 def _module_path(peft_name: str) -> str:
@@ -170,9 +211,12 @@ class ExportCheckError(VerificationError):
     """The exported ONNX file and the torch model it came from disagree beyond the derived tolerance."""
 
 
-def export_variant(base: Base, path: Path, *, force: bool = False, seed: int = 0,
-                   rtol: float = 1e-3) -> dict[str, Any]:
-    """Export the (already formatted) model to one ONNX file; check torch against onnxruntime on it."""
+def export_variant(base: Base, path: Path, *, force: bool = False, seed: int = 0, rtol: float = 1e-3,
+                   phase: str = "prefill", context: int = 128) -> dict[str, Any]:
+    """Export the (already formatted) model to one ONNX file; check torch against onnxruntime on it.
+
+    prefill: batch and sequence dims dynamic. decode: one token with a KV cache of `context` past tokens, all
+    dims static (the context is part of the variant's key)."""
     import onnx
 
     from hwsim.precision import reference
@@ -182,35 +226,40 @@ def export_variant(base: Base, path: Path, *, force: bool = False, seed: int = 0
     path = Path(path)
     if path.exists() and not force:
         raise HwsimError(f"{path} already exists: pass --force to replace it")
-    wrapper = base.wrapper()
-    args = base.inputs(seed)
-    names, outs = base.io_names()
-    dims = {n: {0: torch.export.Dim("batch", min=1, max=64), 1: torch.export.Dim("seq", min=2, max=256)}
-            for n in names}
+    wrapper = base.wrapper(phase)
+    args = base.inputs(seed, phase=phase, context=context)
+    names, outs = base.io_names(phase)
+    dims = None if phase == "decode" else {
+        n: {0: torch.export.Dim("batch", min=1, max=64), 1: torch.export.Dim("seq", min=2, max=256)} for n in names}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
         with quiet(), torch.no_grad():
-            ref = wrapper(*args).numpy()
+            got = wrapper(*args)
+            got = [t.numpy() for t in (got if isinstance(got, tuple) else (got,))]
             torch.onnx.export(wrapper, args, tmp, dynamo=True, external_data=False, input_names=names,
                               output_names=outs, dynamic_shapes=dims, custom_translation_table=TRANSLATIONS)
         model = attach_functions(onnx.load(tmp))
         onnx.save(model, tmp)
         # torch against the same reference and tolerance rule as every build (hwsim/precision.py)
         oracle = reference(model, {n: a.numpy() for n, a in zip(names, args, strict=True)}, rtol)
-        check = oracle.check(0, ref)
-        if not check.ok:
-            raise ExportCheckError(f"exported {path.name}: torch differs from onnxruntime by {check.max_rel_err:.2e} "
-                                   f"(relative), over its tolerance {oracle.tolerance(0):.2e} (rtol {rtol:g} + 2 x "
-                                   f"fp16 rounding {oracle.fp16_rounding[0]:.2e})")
+        checks = [oracle.check(i, g) for i, g in enumerate(got)]
+        worst = max(range(len(checks)), key=lambda i: checks[i].max_rel_err / oracle.tolerance(i))
+        check = checks[worst]
+        if not all(c.ok for c in checks):
+            raise ExportCheckError(f"exported {path.name}: torch differs from onnxruntime on '{outs[worst]}' by "
+                                   f"{check.max_rel_err:.2e} (relative), over its tolerance "
+                                   f"{oracle.tolerance(worst):.2e} (rtol {rtol:g} + 2 x fp16 rounding "
+                                   f"{oracle.fp16_rounding[worst]:.2e})")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     dense = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2]
     return {"path": str(path), "bytes": path.stat().st_size, "onnxruntime_vs_torch_rel_err": check.max_rel_err,
-            "check": {**oracle.record(), **oracle.row(0)},
+            "check": {**oracle.record(), **oracle.row(worst)}, "phase": phase,
+            "inputs": {n: list(a.shape) for n, a in zip(names, args, strict=True)},
             "hwsim_ops": sorted({n.op_type for n in model.graph.node if n.domain == "ai.hwsim"}),
             "dense_fp32_matrices": len(dense)}
 

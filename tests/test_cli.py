@@ -38,7 +38,8 @@ def mlp_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_compile_builds_a_matrix_verifies_reports_and_is_cached(tmp_path: Path) -> None:
     """A built-in model: format variants (and a matched-bytes one) x targets x prefill/decode, a report."""
     out = tmp_path / "out"
-    args = ("compile", "--formats", "lora-fp16,lordba", "--target", "host", "--out", str(out), "--runs", "3")
+    args = ("compile", "--formats", "lora-fp16,lordba", "--base-formats", "fp32", "--matched-bytes", "--target",
+            "host", "--out", str(out), "--runs", "3")
     code, stdout, stderr = run(*args)
     assert code == 0, stderr
     assert f"report: {out / 'report.html'}" in stdout.replace("\n", "")
@@ -52,7 +53,7 @@ def test_compile_builds_a_matrix_verifies_reports_and_is_cached(tmp_path: Path) 
     assert {"tvm", "onnxruntime", "roofline"} <= m["latency"].keys()
     assert m["latency"]["tvm"]["provenance"] == "measured" and m["latency"]["roofline"]["provenance"] == "estimated"
     decode = json.loads((out / "lordba" / "host" / "decode" / "manifest.json").read_text())
-    assert decode["inputs"][0]["shape"] == [1, 1]
+    assert [i["shape"] for i in decode["inputs"]] == [[1, 1], [2, 1, 4, 128, 64], [2, 1, 4, 128, 64]]  # KV cache
     # unchanged inputs: every build a cache hit that rewrites nothing
     before = (out / "lordba" / "host" / "prefill" / "model.so").stat().st_mtime_ns
     code, stdout, _ = run(*args)

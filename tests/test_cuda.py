@@ -129,6 +129,19 @@ def test_roofline_bounds() -> None:
         roofline.estimate_gpu(matmul(1, 8, 8), load_target("host"), launches=1)
 
 
+def test_roofline_folds_constant_subgraphs_like_tvm() -> None:
+    """An fp16 weight's cast and transpose run at build time (TVM's FoldConstant): the estimate charges only
+    the matmul, reading the folded fp32 weight."""
+    x, y = Value("x", TensorType((1, 64), DType.FLOAT32)), Value("y", TensorType((1, 32), DType.FLOAT32))
+    w = Value.const("w", np.zeros((32, 64), np.float16))
+    wide, wt = Value("wide", TensorType((32, 64), DType.FLOAT32)), Value("wt", TensorType((64, 32), DType.FLOAT32))
+    g = Graph("g", [x], [y], [Node(Op.CAST, [w], [wide], {"to": DType.FLOAT32}, name="cast"),
+                              Node(Op.TRANSPOSE, [wide], [wt], {"perm": (1, 0)}, name="t"),
+                              Node(Op.MATMUL, [x, wt], [y], name="mm")])
+    est = roofline.estimate(g, load_target("nvidia-a100"))
+    assert [r["node"] for r in est["top_nodes"]] == ["mm"] and est["bytes"] == 4 * (64 + 64 * 32 + 32)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("adapter_format, base_format", [("lordba", "ternary"), ("lora-fp16", "fp16")])
 def test_runs_verifies_and_times_on_the_gpu(adapter_format: str, base_format: str, tmp_path: Path) -> None:

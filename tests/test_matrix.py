@@ -28,8 +28,8 @@ def snapshot(root: Path) -> dict[str, int]:
 
 def test_rerun_of_every_target_kind_is_cached_and_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    args = ("compile", "--formats", "lordba", "--target", "host,cortex-a76,nvidia-h100,sacc-32x32", "--out",
-            str(out), "--runs", "3")
+    args = ("compile", "--formats", "lordba", "--base-formats", "fp32", "--target",
+            "host,cortex-a76,nvidia-h100,sacc-32x32", "--out", str(out), "--runs", "3")
     code, stdout, stderr = run(*args)
     assert code == 0, stderr
     assert "(0 cached, 0 failed)" in stdout
@@ -51,7 +51,8 @@ def test_a_failed_build_is_cached_until_force(tmp_path: Path, monkeypatch: pytes
         return lambda o, kk: weight(o, (kk // 8) * 8 + (7 - kk % 8))
 
     out = tmp_path / "out"
-    args = ("compile", "--formats", "lordba", "--target", "host", "--out", str(out), "--runs", "3")
+    args = ("compile", "--formats", "lordba", "--base-formats", "fp32", "--target", "host", "--out", str(out),
+            "--runs", "3", "--jobs", "1")  # one process: the patched kernel is this process's
     monkeypatch.setattr(unpack, "decoder", msb_first)
     code, stdout, stderr = run(*args)
     assert code == 0, stderr  # a failed build is reported, not fatal
@@ -77,7 +78,8 @@ def test_a_variant_failing_its_export_check_is_a_failed_build_in_the_report(
 
     monkeypatch.setattr(variants, "export_variant", failing)
     out = tmp_path / "out"
-    args = ("compile", "--formats", "lora-fp16,ternary", "--target", "sacc-32x32", "--out", str(out))
+    args = ("compile", "--formats", "lora-fp16,ternary", "--base-formats", "fp32", "--target", "sacc-32x32", "--out",
+            str(out), "--jobs", "1")  # one process: the patched exporter is this process's
     code, stdout, stderr = run(*args)
     assert code == 0, stderr
     matrix = json.loads((out / "matrix.json").read_text())
@@ -125,7 +127,8 @@ def test_hugging_face_directory_with_peft_adapter_compiles_every_format(rank: in
     assert {str(t.dtype) for t in load_file(adapter / "adapter_model.safetensors").values()} == {f"torch.{dtype}"}
     out = tmp_path / "out"
     code, _stdout, stderr = run("compile", str(base), "--adapter", str(adapter), "--formats", ",".join(FORMATS),
-                               "--target", target, "--tokens", "8", "--runs", "3", "--out", str(out))
+                               "--base-formats", "fp32", "--target", target, "--tokens", "8", "--runs", "3", "--out",
+                               str(out))
     assert code == 0, stderr
     matrix = json.loads((out / "matrix.json").read_text())
     assert all(j["status"] == "ok" for j in matrix["jobs"]), [j for j in matrix["jobs"] if j["status"] != "ok"]
@@ -133,7 +136,7 @@ def test_hugging_face_directory_with_peft_adapter_compiles_every_format(rank: in
     results = json.loads((out / "results.json").read_text())
     assert {c["variant"] for c in results["cells"]} == {v["id"] for v in matrix["variants"]}
     for v in matrix["variants"]:
-        check = v["export_check"]  # torch vs onnxruntime, under the tolerance derived for this variant
+        check = v["exports"]["prefill"]["check"]  # torch vs onnxruntime, under the tolerance derived for it
         assert check["tolerance"] == pytest.approx(1e-3 + 2 * check["fp16_rounding"], rel=1e-3)
         assert (check["fp16_ops_widened"] > 0) == (v["adapter_format"] == "lora-fp16")
         m = json.loads((out / v["id"] / target / "decode" / "manifest.json").read_text())
@@ -141,3 +144,30 @@ def test_hugging_face_directory_with_peft_adapter_compiles_every_format(rank: in
         adapted = 7  # q/k/v/o and the three MLP projections
         if v["adapter_format"] == "lordba":
             assert m["ir"]["ops"]["SIGN_ACCUMULATE"] == 2 * adapted
+
+
+def test_every_adapter_format_on_every_base_format(tmp_path: Path) -> None:
+    """--formats x --base-formats, at matched rank and matched bytes: the ternary base runs through ternary
+    accumulate ops and the sign adapter through sign accumulate ops in every build, prefill and KV-cache decode."""
+    base, adapter = hf_model_with_adapter(tmp_path, 8, "float32")
+    out = tmp_path / "out"
+    code, stdout, stderr = run("compile", str(base), "--adapter", str(adapter), "--formats", "lora-fp16,lordba",
+                               "--base-formats", "fp16,ternary", "--target", "sacc-32x32", "--tokens", "8",
+                               "--context", "16", "--matched-bytes", "--out", str(out))
+    assert code == 0, stderr
+    matrix = json.loads((out / "matrix.json").read_text())
+    ids = [v["id"] for v in matrix["variants"]]
+    bytes_rank = next(v["rank"] for v in matrix["variants"] if v["matched"] == "bytes")
+    assert ids == ["lora-fp16+fp16", "lordba+fp16", f"lora-fp16+fp16@r{bytes_rank}", "lora-fp16+ternary",
+                   "lordba+ternary", f"lora-fp16+ternary@r{bytes_rank}"]
+    assert matrix["context"] == 16 and matrix["phases"]["decode"]["past_keys"] == [1, 1, 4, 16, 16]
+    assert all(j["status"] == "ok" for j in matrix["jobs"]) and len(matrix["jobs"]) == 12, stdout
+    layers = 7  # q/k/v/o and the MLP projections, each with an adapter
+    for v in matrix["variants"]:
+        for phase in ("prefill", "decode"):
+            ops = json.loads((out / v["id"] / "sacc-32x32" / phase / "manifest.json").read_text())["ir"]["ops"]
+            assert ops.get("TERNARY_ACCUMULATE", 0) == (layers if v["base_format"] == "ternary" else 0)
+            assert ops.get("SIGN_ACCUMULATE", 0) == (2 * layers if v["adapter_format"] == "lordba" else 0)
+    results = json.loads((out / "results.json").read_text())
+    base_bytes = {a["variant"]: a["base_weight_bytes"]["value"] for a in results["adapters"]}
+    assert base_bytes["lordba+ternary"] < base_bytes["lordba+fp16"] / 4

@@ -19,16 +19,16 @@ PLOTS = ("latency", "pareto", "footprint", "energy", "layers")
 
 @pytest.fixture(scope="module")
 def matrix_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tiny-llama, two formats (and LoRDBA-sized fp16 LoRA), on the host, the accelerator and a copy of the
-    accelerator with 128x128 arrays and a 1 KiB weight buffer, which no tile fits (it must fail, and be
-    reported)."""
+    """tiny-llama, two formats on its own fp32 base (and LoRDBA-sized fp16 LoRA), on the host, the accelerator
+    and a copy of the accelerator with 128x128 arrays and a 1 KiB weight buffer, which no tile fits (it must fail, and
+    be reported)."""
     root = tmp_path_factory.mktemp("report")
     broken = root / "tiny-sacc.toml"
     broken.write_text(SACC.read_text().replace('name = "sacc-32x32"', 'name = "tiny-sacc"').replace(
         "rows = 32\ncols = 32", "rows = 128\ncols = 128").replace("rows = 8\ncols = 8", "rows = 128\ncols = 128")
         .replace("[buffers.weight]\nkib = 128", "[buffers.weight]\nkib = 1"))
-    compile_matrix(None, formats=["lora-fp16", "lordba"], targets=["host", "sacc-32x32", str(broken)],
-                   out=root / "out", runs=3, workers=2)
+    compile_matrix(None, formats=["lora-fp16", "lordba"], base_formats=["fp32"], matched_bytes=True,
+                   targets=["host", "sacc-32x32", str(broken)], out=root / "out", runs=3, workers=2)
     return root / "out"
 
 

@@ -23,13 +23,25 @@ l2_kib = 512
 l3_kib = 0
 dram_bandwidth_gbs = 17.1
 [energy]
+table = "test 45 nm + DDR"
+memory = "DDR"
 process_nm = 45
 fp32_fma_pj = 4.6
 fp16_fma_pj = 1.5
+fp32_add_pj = 0.9
 int8_mac_pj = 0.3
 int32_add_pj = 0.1
 sram_pj_per_byte = 1.25
 dram_pj_per_byte = 162.5
+[energy.sources]
+process_nm = "test"
+fp32_fma_pj = "test"
+fp16_fma_pj = "test"
+fp32_add_pj = "test"
+int8_mac_pj = "test"
+int32_add_pj = "test"
+sram_pj_per_byte = "test"
+dram_pj_per_byte = "test"
 """
 
 
@@ -64,7 +76,7 @@ def test_good_file_loads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, needle", [
-    (GOOD + "sram_kib = 2.0\n", "unknown key 'energy.sram_kib'"),
+    (GOOD.replace("[energy.sources]", "sram_kib = 2.0\n[energy.sources]"), "unknown key 'energy.sram_kib'"),
     (GOOD.replace("l2_kib = 512", "l2_kib = -512"), "key 'cpu.l2_kib' must be >= 0"),
     (GOOD.replace("fma_pipes = 2\n", ""), "missing key 'cpu.fma_pipes'"),
     (GOOD.replace("vector_bits = 128", "vector_bits = 128\nvector_bits = 256"), "invalid TOML"),

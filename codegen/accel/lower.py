@@ -6,11 +6,16 @@ Placement, node by node:
   addend on the vector unit around the tiles. Tiled by TIR (codegen/accel/tir.py) to the buffers.
 - Elementwise ops the vector unit lists, on same-shape operands, a row vector or a constant scalar.
 - RESHAPE: a view, no instruction.
+- Casts, transposes and reshapes of constants alone (an exporter's fp32 cast and transpose of an fp16 weight):
+  computed here, at build time, and stored as constants, as TVM's FoldConstant does for the CPU and GPU builds
+  (and hwsim.roofline models); an fp32 result whose values are all fp16 (a cast fp16 weight) is stored
+  in fp16, the format it came in and the fp16 array reads.
 - Everything else: a HOST instruction, billed with the host CPU target's roofline.
 A BARRIER separates layers. Every value gets its own DRAM region (constants, inputs, then activations).
 """
 
 import math
+from dataclasses import replace
 from functools import cache
 
 import numpy as np
@@ -21,11 +26,14 @@ from codegen.accel.tir import TileEvent, schedule_gemm, tile_events
 from hwsim import roofline
 from hwsim.accel.isa import Instr, Opcode, Operand
 from hwsim.accel.program import AccelProgram, DramTensor, LayerPlan
+from hwsim.interp import evaluate
 from hwsim.ir import DType, Graph, Node, Op, OpGroup, TensorType, Value, accumulate_inputs
 from targets import Target, load_target
 from targets.accel import AccelSpec, ArraySpec
 
 COMMUTATIVE = {Op.ADD, Op.MUL, Op.MAX, Op.MIN}
+# folded at build time when their inputs are constants: layout and dtype changes only, never more work
+FOLDABLE = frozenset({Op.CAST, Op.TRANSPOSE, Op.RESHAPE})
 
 
 def _label(n: Node) -> str:
@@ -37,8 +45,25 @@ def _tiled(layer: GemmLayer, t: Tiling) -> tuple[TileEvent, ...]:
     return tuple(tile_events(schedule_gemm(layer, t)))
 
 
-def allocate(graph: Graph) -> tuple[dict[int, DramTensor], int]:
-    """DRAM regions, ALIGN-ed: constants, then inputs, then every node output; a RESHAPE aliases its input."""
+def fold(graph: Graph) -> dict[int, np.ndarray]:
+    """id(Value) -> data of every value computed from constants alone by FOLDABLE nodes (build-time work),
+    in the dtype it is stored in: fp16 when an fp32 result holds fp16 values only."""
+    folded: dict[int, np.ndarray] = {}
+    for n in graph.nodes:
+        if n.op in FOLDABLE and n.inputs and all(v.is_const or id(v) in folded for v in n.inputs):
+            args = [v.data if v.is_const else folded[id(v)] for v in n.inputs]
+            for v, data in zip(n.outputs, evaluate(n.op, args, n.attrs), strict=True):
+                folded[id(v)] = data
+    for k, data in folded.items():
+        if data.dtype == np.float32 and np.array_equal(narrow := data.astype(np.float16), data):
+            folded[k] = narrow
+    return folded
+
+
+def allocate(graph: Graph, folded: dict[int, np.ndarray] | None = None) -> tuple[dict[int, DramTensor], int]:
+    """DRAM regions, ALIGN-ed: constants, then inputs, then every node output; a RESHAPE aliases its input.
+    Folded values (see `fold`) are constants, in their stored dtype."""
+    folded = folded or {}
     out: dict[int, DramTensor] = {}
     addr = 0
     consts = graph.constants()
@@ -47,13 +72,14 @@ def allocate(graph: Graph) -> tuple[dict[int, DramTensor], int]:
         if id(v) in out:
             continue
         p = v.producer
-        if p is not None and p.op is Op.RESHAPE and id(p.inputs[0]) in out:
+        if p is not None and p.op is Op.RESHAPE and id(p.inputs[0]) in out and id(v) not in folded:
             src = out[id(p.inputs[0])]
             out[id(v)] = DramTensor(v.name, src.addr, v.type.shape, v.type.dtype.value, src.kind)
             continue
-        kind = "const" if v.is_const else "input" if p is None else "activation"
-        out[id(v)] = DramTensor(v.name, addr, v.type.shape, v.type.dtype.value, kind)
-        addr += -(-max(v.type.nbytes, 1) // ALIGN) * ALIGN
+        kind = "const" if v.is_const or id(v) in folded else "input" if p is None else "activation"
+        dtype = folded[id(v)].dtype.name if id(v) in folded else v.type.dtype.value
+        out[id(v)] = DramTensor(v.name, addr, v.type.shape, dtype, kind)
+        addr += -(-max(out[id(v)].nbytes, 1) // ALIGN) * ALIGN
     return out, addr
 
 
@@ -133,7 +159,8 @@ def lower(graph: Graph, target: Target) -> AccelProgram:
     """The whole graph as one program (see the module docstring)."""
     accel = target.accel
     host = load_target(accel.host)
-    tensors, dram_bytes = allocate(graph)
+    folded = fold(graph)
+    tensors, dram_bytes = allocate(graph, folded)
     instrs: list[Instr] = []
     layers: list[LayerPlan] = []
     host_cycles: dict[int, int] = {}
@@ -141,10 +168,14 @@ def lower(graph: Graph, target: Target) -> AccelProgram:
     arrays = {a.name: (i, a) for i, a in enumerate(accel.arrays)}
     for i, n in enumerate(graph.nodes):
         plan = LayerPlan(i, _label(n), n.op.name, "", "", first=len(instrs))
-        if n.op is Op.RESHAPE:
+        if all(id(v) in folded for v in n.outputs):
+            plan.unit, plan.detail = "build time", "constants alone: computed when lowering, stored as a constant"
+        elif n.op is Op.RESHAPE:
             plan.unit, plan.detail = "view", "aliases its input in DRAM"
         elif isinstance(gemm := _gemm_node(n, target), tuple):
             layer, name, batches, roles = gemm
+            if not layer.packed:  # a folded weight may be stored narrower than its IR type
+                layer = replace(layer, w_dtype=tensors[id(roles["W"])].dtype)
             index, array = arrays[name]
             instrs += _emit_gemm(i, n, layer, batches, roles, index, array, target, tensors, plan)
             instrs.append(Instr(Opcode.BARRIER, i))
@@ -168,7 +199,7 @@ def lower(graph: Graph, target: Target) -> AccelProgram:
             plan.unit, plan.detail = "host", f"{host.name}: {why}"
         plan.last = len(instrs)
         layers.append(plan)
-    return AccelProgram(graph, target, instrs, tensors, layers, host_cycles, host_pj, dram_bytes, host)
+    return AccelProgram(graph, target, instrs, tensors, layers, host_cycles, host_pj, dram_bytes, host, folded)
 
 
 def _emit_gemm(i: int, n: Node, layer: GemmLayer, batches: int, roles: dict, index: int, array: ArraySpec,

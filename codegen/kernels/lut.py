@@ -5,10 +5,11 @@ For each group of 4 activations the 16 possible signed sums are precomputed once
 are byte shuffles over 16 (NEON `tbl`, SSSE3 `pshufb`) or 32 (AVX2 `vpshufb`) rows at once, so a
 128/256-bit register covers 64/128 weights per instruction and no multiply or per-weight select is left.
 
-Precision: T-MAC's int8 tables lose ~1% (shared/notes/tvm-0.27.md 3b), more than the verifier allows.
-Here each table entry is an int16 (scale 32767 / max |entry| per row) split into a low and a high byte,
-looked up separately and recombined after accumulation: two shuffles per group pair and row vector,
-and a relative error near 1e-5.
+Precision: T-MAC's int8 tables lose ~1% (shared/notes/tvm-0.27.md 3b), more than the verifier allows, and
+int16 tables ~3e-5 per matmul, which 30 layers of a ternary base compound to 1.4e-3. Here each table entry
+is a 24-bit integer (scale 8388607 / max |entry| per row, fp32's own mantissa) split into three bytes,
+looked up separately and recombined per chunk of lookups: three shuffles per group and row vector, a
+relative error near 1e-7, as fp32 summation in another order.
 
 Weights are re-laid out at build time (they are constants): W[ob, gp, r] holds, for row 16/32*ob + r,
 the sign nibbles of groups 2gp (low nibble) and 2gp+1 (high nibble); bit j of a nibble = weight 4g+j.
@@ -28,6 +29,7 @@ from codegen.kernels import UNFUSED, Fused
 SHUFFLE = {"avx2": ("llvm.x86.avx2.pshuf.b", 32), "ssse3": ("llvm.x86.ssse3.pshuf.b.128", 16),
            "neon": ("llvm.aarch64.neon.tbl1.v16i8", 16)}
 CHUNK = 64  # group pairs per int16 accumulation chunk: 128 lookups of |v| <= 128 stay inside int16
+FULL = 8388607  # 2**23 - 1: a table entry's integer range, three bytes
 TILE_PAIRS = 256  # group pairs per K tile: its lo/hi tables (2 x 512 x L bytes, 32 KiB for AVX2) stay in L1
 BLOCKS = 16  # row blocks (of L rows) per parallel task, whose int32 accumulators live across the K tiles
 MIN_TASKS = 8  # parallel tasks to keep, where N allows, so every core gets work
@@ -66,8 +68,9 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
                pre: T.Buffer((k,), "float32"), post: T.Buffer((n,), "float32"), add: T.Buffer((m, n), "float32"),
                y: T.Buffer((m, n), "float32")):
         T.func_attr({"tirx.noalias": True})
-        lo = T.alloc_buffer((m, groups, lanes), "int8")  # low byte of each int16 entry, biased by -128
-        hi = T.alloc_buffer((m, groups, lanes), "int8")
+        lo = T.alloc_buffer((m, groups, lanes), "int8")  # low byte of each 24-bit entry, biased by -128
+        mid = T.alloc_buffer((m, groups, lanes), "int8")  # middle byte, biased by -128
+        hi = T.alloc_buffer((m, groups, lanes), "int8")  # high byte, signed
         scale = T.alloc_buffer((m,), "float32")
         for i in T.parallel(m) if m > 1 else T.serial(m):
             scale[i] = T.float32(0)
@@ -86,23 +89,28 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
             # vectorised loops: TVM 0.27 vectorises a let-bound value as the scalar of the last lane.)
             v = T.alloc_buffer((lanes,), "int32", scope="local")
             for p in T.vectorized(lanes):
-                v[p] = T.Cast("int32", T.round(
+                # clamped: the row's largest entry may round one past FULL (fp32 has 24 bits), which the
+                # signed high byte would wrap
+                v[p] = T.max(T.min(T.Cast("int32", T.round(
                     (T.Select(p & 1 == 1, a[0], -a[0]) + T.Select(p & 2 == 2, a[1], -a[1])
                      + T.Select(p & 4 == 4, a[2], -a[2]) + T.Select(p & 8 == 8, a[3], -a[3]))
-                    * T.float32(32767) / T.max(scale[i], T.float32(1e-30))))
+                    * T.float32(FULL) / T.max(scale[i], T.float32(1e-30)))), FULL), -FULL)
             for p in T.vectorized(lanes):
                 lo[i, g, p] = T.Cast("int8", (v[p] & 255) - 128)
-                hi[i, g, p] = T.Cast("int8", T.shift_right(v[p], 8))
+                mid[i, g, p] = T.Cast("int8", (T.shift_right(v[p], 8) & 255) - 128)
+                hi[i, g, p] = T.Cast("int8", T.shift_right(v[p], 16))
         for obo in T.parallel(n // lanes // blocks):
             for i in range(m):
-                acc = T.alloc_buffer((blocks, lanes), "int32")
+                acc = T.alloc_buffer((blocks, lanes), "float32")
                 lo16 = T.alloc_buffer((lanes,), "int16")
+                mid16 = T.alloc_buffer((lanes,), "int16")
                 hi16 = T.alloc_buffer((lanes,), "int16")
                 for obi in range(blocks):
-                    acc[obi, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
+                    acc[obi, T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
                 # K tiles: the tables of one tile stay in L1 while every row block of this thread reads them
                 for kt, obi, pl, c in T.grid(pairs // tile, blocks, planes, tile // chunk):
                     lo16[T.ramp(0, 1, lanes)] = T.broadcast(T.int16(0), lanes)
+                    mid16[T.ramp(0, 1, lanes)] = T.broadcast(T.int16(0), lanes)
                     hi16[T.ramp(0, 1, lanes)] = T.broadcast(T.int16(0), lanes)
                     for gi in range(chunk):
                         gp = kt * tile + c * chunk + gi
@@ -111,18 +119,23 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
                         ib = b >> T.broadcast(T.uint8(4), lanes)
                         la = T.call_llvm_pure_intrin(i8, intrin, lo.vload([i, 2 * gp, 0], i8), ia)
                         lb = T.call_llvm_pure_intrin(i8, intrin, lo.vload([i, 2 * gp + 1, 0], i8), ib)
+                        ma = T.call_llvm_pure_intrin(i8, intrin, mid.vload([i, 2 * gp, 0], i8), ia)
+                        mb = T.call_llvm_pure_intrin(i8, intrin, mid.vload([i, 2 * gp + 1, 0], i8), ib)
                         ha = T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp, 0], i8), ia)
                         hb = T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp + 1, 0], i8), ib)
                         lo16[T.ramp(0, 1, lanes)] = lo16[T.ramp(0, 1, lanes)] + T.Cast(i16, la) + T.Cast(i16, lb)
+                        mid16[T.ramp(0, 1, lanes)] = mid16[T.ramp(0, 1, lanes)] + T.Cast(i16, ma) + T.Cast(i16, mb)
                         hi16[T.ramp(0, 1, lanes)] = hi16[T.ramp(0, 1, lanes)] + T.Cast(i16, ha) + T.Cast(i16, hb)
-                    acc[obi, T.ramp(0, 1, lanes)] = (acc[obi, T.ramp(0, 1, lanes)]
-                                                     + T.Cast(i32, lo16[T.ramp(0, 1, lanes)])
-                                                     + T.Cast(i32, hi16[T.ramp(0, 1, lanes)]) * T.broadcast(256, lanes))
+                    # the chunk's exact integer sum (|sum| < 2**30), the -128 biases of its 2 * chunk lookups
+                    # undone, then accumulated in fp32
+                    acc[obi, T.ramp(0, 1, lanes)] = acc[obi, T.ramp(0, 1, lanes)] + T.Cast(f32, (
+                        T.Cast(i32, lo16[T.ramp(0, 1, lanes)])
+                        + T.Cast(i32, mid16[T.ramp(0, 1, lanes)]) * T.broadcast(256, lanes)
+                        + T.Cast(i32, hi16[T.ramp(0, 1, lanes)]) * T.broadcast(65536, lanes)
+                        + T.broadcast(T.int32(128 * 257 * 2 * chunk), lanes)))
                 for obi in range(blocks):
                     ob = obo * blocks + obi
-                    # undo the -128 bias of the low bytes: one per group
-                    total = acc[obi, T.ramp(0, 1, lanes)] + T.broadcast(T.int32(128 * groups * planes), lanes)
-                    out = T.Cast(f32, total) * T.broadcast(scale[i] / T.float32(32767 * planes), lanes)
+                    out = acc[obi, T.ramp(0, 1, lanes)] * T.broadcast(scale[i] / T.float32(FULL * planes), lanes)
                     if fused.post:
                         out = out * post[T.ramp(ob * lanes, 1, lanes)]
                     if fused.add:

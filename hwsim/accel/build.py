@@ -63,5 +63,6 @@ def build_accel(graph: Graph, spec: Target, tmp: Path, feeds: dict[str, np.ndarr
                                   "median_ms": simulation["latency_ms"], "cycles": simulation["cycles"]}},
         "simulation": simulation,
         "energy": {"provenance": "simulated", "model": simulation["model"], "source": simulation["energy_source"],
-                   "compute_pj": simulation["energy_pj"]["compute"], "memory_pj": simulation["energy_pj"]["memory"]},
+                   "compute_pj": simulation["energy_pj"]["compute"], "memory_pj": simulation["energy_pj"]["memory"],
+                   "table": simulation["energy_table"]},
     }

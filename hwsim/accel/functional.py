@@ -118,7 +118,9 @@ def _execute(ins: Instr, mem: Memory, what: str, graph: Graph, tensors: dict,
         return lambda: mem.write_tile(buf, get("dst", 0), result, cols, what)
     if ins.op is Opcode.HOST:
         node = graph.nodes[ins.node]
-        args = [v.data if v.is_const else _read(mem, tensors[id(v)], what) for v in node.inputs]
+        # a folded constant may be stored narrower than its IR type (lower.fold): the host op sees the IR type
+        args = [v.data if v.is_const else _read(mem, tensors[id(v)], what).astype(v.type.dtype.numpy, copy=False)
+                for v in node.inputs]
         results = interp.evaluate(node.op, args, node.attrs)
         return lambda: _write_outputs(mem, node, results, tensors, what)
     return lambda: None
@@ -143,6 +145,10 @@ def run(program: AccelProgram, timeline: Timeline, inputs: dict[str, np.ndarray]
         t = program.tensors[id(v)]
         data = v.data if v.is_const else inputs[v.name]
         mem.span(mem.dram, t.addr, t.nbytes, f"tensor {v.name}")[...] = np.ascontiguousarray(
+            data, t.dtype).view(np.uint8).reshape(-1)
+    for vid, data in program.folded.items():  # constants the lowering computed (codegen/accel/lower.py fold)
+        t = program.tensors[vid]
+        mem.span(mem.dram, t.addr, t.nbytes, f"tensor {t.name}")[...] = np.ascontiguousarray(
             data, t.dtype).view(np.uint8).reshape(-1)
     names = program.node_names()
     # reads at an instruction's start, writes at its end; a write at cycle t is seen by a read at t

@@ -23,12 +23,20 @@ ZIGZAG_ENERGY = {"int8_mac_pj": 0.04, "register_pj_per_byte": 0.095, "weight_sra
                  "dram_read_pj_per_byte": 700 / 8, "dram_write_pj_per_byte": 750 / 8}
 
 
+NOT_MODELLED_PJ = 1e-9  # a figure the peer does not model: negligible (target files take no zero)
+
+
 def accel_toml(dataflow: str, act_kib: int, wgt_kib: int, acc_kib: int, bandwidth: float, energy: dict) -> str:
-    """An accelerator file with one ROWS x COLS int8 MAC array; energy figures not given are zero."""
-    e = {"fp16_mac_pj": 1.0, "int8_mac_pj": 0.04, "sign_add_pj": 0.0, "ternary_add_pj": 0.0, "vector_op_pj": 0.0,
-         "register_pj_per_byte": 0.0, "weight_sram_pj_per_byte": 0.0, "activation_sram_pj_per_byte": 0.0,
-         "accumulator_sram_pj_per_byte": 0.0, "dram_read_pj_per_byte": 0.0, "dram_write_pj_per_byte": 0.0, **energy}
+    """An accelerator file with one ROWS x COLS int8 MAC array; energy figures not given are negligible."""
+    e = {"fp16_mac_pj": 1.0, "int8_mac_pj": 0.04, **{k: NOT_MODELLED_PJ for k in (
+        "sign_add_pj", "ternary_add_pj", "vector_op_pj", "register_pj_per_byte", "weight_sram_pj_per_byte",
+        "activation_sram_pj_per_byte", "accumulator_sram_pj_per_byte", "dram_read_pj_per_byte",
+        "dram_write_pj_per_byte")}, **energy}
     lines = "\n".join(f"{k} = {v}" for k, v in e.items())
+    cited = {k: "not modelled by the peer: negligible" for k in e} | {
+        "fp16_mac_pj": "placeholder: the peer's GEMMs are int8", "int8_mac_pj": "ZigZag 3.9.1 MAC unit_energy"} | {
+        k: "the caller's peer table (ZIGZAG_ENERGY: ZigZag tpu_like.yaml)" for k in energy}
+    sources = "\n".join(f'{k} = "{v}"' for k, v in cited.items())
     return f"""name = "peer"
 kind = "accel"
 description = "a {ROWS}x{COLS} {dataflow} int8 array matching a peer's configuration"
@@ -63,9 +71,13 @@ mac_pe_units = 1.0
 adder_pe_units = 0.45
 sram_units_per_kib = 1.6
 [energy]
-source = "peer configuration"
+table = "peer configuration"
+memory = "peer DRAM"
 process_nm = 45
 {lines}
+[energy.sources]
+process_nm = "peer configuration"
+{sources}
 """
 
 

@@ -50,6 +50,7 @@ class AccelProgram:
     host_pj: dict[int, tuple[float, float]]  # node index -> (compute, memory) pJ on the host
     dram_bytes: int
     host: Target = field(repr=False, default=None)
+    folded: dict[int, np.ndarray] = field(repr=False, default_factory=dict)  # id(Value) -> data, build-time
 
     def node_names(self) -> list[str]:
         return [f"{p.name} ({p.op})" for p in self.layers]

@@ -3,14 +3,19 @@ job's manifest.json. Nothing is rebuilt; every number becomes a figure with its 
 
 Provenance: `measured` (timed on a named device, or computed by running the model), `simulated` (the
 accelerator model), `estimated` (a roofline from the target file, or bytes over a link's bandwidth),
-`counted` (exact, from the packed arrays or the IR).
+`counted` (exact, from the packed arrays or the IR). Energy figures cite the target's energy table the
+build used (its name and file, as the manifest recorded them).
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from hwsim.errors import HwsimError
+from hwsim.ir import DType
+from hwsim.report.scale import scaled_results
+from targets import known_targets, load_target
 
 RESULTS_SCHEMA = "hwsim.results/1"
 
@@ -41,8 +46,20 @@ def primary(figures: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def _tokens(shape: dict[str, list[int]]) -> int:
+    """Tokens of a phase: the sequence dim of its first input ([batch, seq] ids, [batch, seq, hidden] states)."""
     dims = next(iter(shape.values()), [1])
-    return dims[-1] if len(dims) > 1 else 1
+    return dims[1] if len(dims) > 1 else 1
+
+
+def energy_source(e: dict[str, Any]) -> str:
+    """Which energy table a manifest's energy came from: "targets/x.toml [energy] <name>" (and the host's
+    table for an accelerator's host-run layers); manifests from before tables were recorded say so."""
+    t = e.get("table")
+    if not t:
+        return f"{e.get('source') or e['model']}; energy table not recorded"
+    host = t.get("host_layers")
+    return f"{t['file']} [energy] {t['name']}" + (f"; host layers: {host['file']} [energy] {host['name']}"
+                                                  if host else "")
 
 
 def _energy(m: dict[str, Any], tokens: int) -> dict[str, Any] | None:
@@ -50,7 +67,7 @@ def _energy(m: dict[str, Any], tokens: int) -> dict[str, Any] | None:
     if not e:
         return None
     per = 1e-6 / tokens  # pJ -> uJ per token
-    src = e["model"]
+    src = energy_source(e)
     return {"total": figure((e["compute_pj"] + e["memory_pj"]) * per, "uJ/token", e["provenance"], src),
             "compute": figure(e["compute_pj"] * per, "uJ/token", e["provenance"], src),
             "memory": figure(e["memory_pj"] * per, "uJ/token", e["provenance"], src)}
@@ -72,22 +89,56 @@ def _layers(m: dict[str, Any]) -> dict[str, Any]:
                      for r in est["top_nodes"]]}
 
 
+def dram_bandwidth(name: str) -> tuple[float, str] | None:
+    """A built-in target's peak DRAM bandwidth in bytes/s and the keys it comes from (matrix.json does not
+    record it); None for a target file given by path, which a report cannot reload."""
+    if name not in known_targets():
+        return None
+    t = load_target(name)
+    if t.accel is not None:
+        d = t.accel.dram
+        return (d.bandwidth_bytes_per_cycle * t.accel.clock_mhz * 1e6,
+                f"targets/{name}.toml dram.bandwidth_bytes_per_cycle x clock_mhz")
+    kind = "gpu" if t.gpu is not None else "cpu"
+    return getattr(t, kind).dram_bandwidth_gbs * 1e9, f"targets/{name}.toml {kind}.dram_bandwidth_gbs"
+
+
+def bandwidth_efficiency(m: dict[str, Any], figs: list[dict[str, Any]],
+                         bandwidth: tuple[float, str] | None) -> list[dict[str, Any]]:
+    """Each measured or simulated latency against the weight-streaming bound: the weights and the graph's
+    inputs (a decode step's KV cache among them) read once at peak DRAM bandwidth, over the latency. Roofline
+    estimates are left out: they are that model's own bound, not a run to compare with it."""
+    if bandwidth is None:
+        return []
+    moved = m["memory"]["weight_bytes"] + sum(math.prod(i["shape"]) * DType(i["dtype"]).itemsize
+                                              for i in m["inputs"])
+    per_s, where = bandwidth
+    bound_ms = moved / per_s * 1e3
+    return [figure(bound_ms / f["value"], "ratio", f["provenance"],
+                   f"{moved:,} B (weights + inputs) at {per_s / 1e9:.4g} GB/s ({where}) = {bound_ms:.4g} ms, "
+                   f"over the {f['provenance']} latency ({f['source']})")
+            for f in figs if f["provenance"] in ("measured", "simulated") and f["value"] > 0]
+
+
 def collect(root: Path) -> dict[str, Any]:
     try:
         matrix = json.loads((root / "matrix.json").read_text())
     except (OSError, ValueError) as e:
         raise HwsimError(f"{root}: not a hwsim build directory (matrix.json: {e})") from None
     variants = {v["id"]: v for v in matrix["variants"]}
-    lora_fp16 = next((v for v in matrix["variants"] if v.get("adapter_format") == "lora-fp16"
-                      and v.get("matched") == "rank" and v.get("base_format") == "fp32"
-                      and v.get("status") != "failed"), None)
+    # adapter bytes are compared with fp16 LoRA at the trained rank on the same base format
+    lora_fp16 = {v.get("base_format"): v for v in matrix["variants"] if v.get("adapter_format") == "lora-fp16"
+                 and v.get("matched") == "rank" and v.get("status") != "failed"}
     cells: dict[tuple[str, str], dict[str, Any]] = {}
+    bandwidths = {t["name"]: dram_bandwidth(t["name"]) for t in matrix["targets"]}
+    tables: dict[str, dict[str, Any]] = {}  # target -> the energy table its builds used
     layer_candidates = []
     for job in matrix["jobs"]:
         key = (job["variant"], job["target"])
         cell = cells.setdefault(key, {"variant": job["variant"], "target": job["target"], "status": "ok",
                                       "errors": [], "latency": {}, "predicted_over_measured": {},
-                                      "energy_per_token": {}, "peak_activation_bytes": {}})
+                                      "energy_per_token": {}, "peak_activation_bytes": {},
+                                      "bandwidth_efficiency": {}})
         if job["status"] != "ok":
             cell["errors"].append({"phase": job["phase"], "error": job["error"]})
             continue
@@ -98,8 +149,12 @@ def collect(root: Path) -> dict[str, Any]:
         if ratio:
             cell["predicted_over_measured"][job["phase"]] = figure(1 / ratio, "ratio", "estimated",
                                                                    "roofline / measured")
+        if job["phase"] == "decode":
+            cell["bandwidth_efficiency"]["decode"] = bandwidth_efficiency(m, figs, bandwidths[job["target"]])
         tokens = _tokens(matrix["phases"][job["phase"]])
         cell["energy_per_token"][job["phase"]] = _energy(m, tokens)
+        if (m.get("energy") or {}).get("table"):
+            tables.setdefault(job["target"], m["energy"]["table"])
         cell["peak_activation_bytes"][job["phase"]] = figure(m["memory"]["peak_activation_bytes"], "bytes",
                                                              "counted", "IR liveness")
         cell.setdefault("weight_bytes_in_ir", figure(m["memory"]["weight_bytes"], "bytes", "counted", "IR"))
@@ -120,9 +175,10 @@ def collect(root: Path) -> dict[str, Any]:
             src = "models/formats (bits of the packed arrays)"
             row["adapter_bytes"] = figure(v["adapter_bits"] // 8, "bytes", "counted", src)
             row["base_weight_bytes"] = figure(v["base_bits"] // 8, "bytes", "counted", src)
-            if lora_fp16 and v["adapter_bits"]:
-                row["adapter_ratio_vs_lora_fp16"] = figure(lora_fp16["adapter_bits"] / v["adapter_bits"], "ratio",
-                                                           "counted", f"vs {lora_fp16['id']}")
+            ref = lora_fp16.get(v.get("base_format"))
+            if ref and v["adapter_bits"]:
+                row["adapter_ratio_vs_lora_fp16"] = figure(ref["adapter_bits"] / v["adapter_bits"], "ratio",
+                                                           "counted", f"vs {ref['id']}")
             ts = v.get("training_state")
             if ts:
                 row["training_state_bytes"] = figure(ts["total"], "bytes", "measured",
@@ -153,8 +209,10 @@ def collect(root: Path) -> dict[str, Any]:
                        for k in ("base_ms", "lordba_branch_ms", "lora_fp16_branch_ms", "lordba_overhead",
                                  "lora_fp16_overhead")}}
     return {"schema": RESULTS_SCHEMA, "model": matrix["model"], "phases": matrix["phases"],
-            "targets": matrix["targets"], "matched_bytes_budget": figure(matrix.get("matched_bytes_budget"), "bytes",
-                                                                          "counted", "LoRDBA at the trained rank"),
+            "targets": [{**t, "energy_table": tables.get(t["name"])} for t in matrix["targets"]],
+            "matched_bytes_budget": figure(matrix.get("matched_bytes_budget"), "bytes", "counted",
+                                           "LoRDBA at the trained rank"),
             "variants": [{k: v.get(k) for k in ("id", "adapter_format", "base_format", "rank", "matched")}
                          for v in matrix["variants"]],
-            "cells": list(cells.values()), "adapters": adapters, "branch_overhead": overhead, "layers": layers}
+            "cells": list(cells.values()), "adapters": adapters, "branch_overhead": overhead, "layers": layers,
+            "scaled": scaled_results(matrix["model"], list(cells.values()), adapters)}

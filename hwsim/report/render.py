@@ -40,6 +40,11 @@ def fmt(f: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{text} [{PROV[f['provenance']]}]"
 
 
+def pct(f: dict[str, Any]) -> str:
+    """A ratio figure as a percentage with its provenance tag."""
+    return f"{100 * f['value']:.1f}% [{PROV[f['provenance']]}]"
+
+
 def sections(r: dict[str, Any]) -> list[Section]:
     variants = [v["id"] for v in r["variants"]]
     targets = [t["name"] for t in r["targets"]]
@@ -72,11 +77,20 @@ def sections(r: dict[str, Any]) -> list[Section]:
         lat.rows.append(row)
         ratio.rows.append(rrow)
     tables = [lat]
+    text = ("Per variant and target, each phase: every latency the build has, measured first. The roofline "
+            "estimate over the measurement, where both exist, follows.")
     if any(x != "-" for row in ratio.rows for x in row[1:]):
         tables.append(ratio)
-    out.append(Section("latency", "Latency", "Per variant and target, each phase: every latency the build has, "
-                       "measured first. The second table is the roofline estimate over the measurement where both "
-                       "exist.", tables, ["latency", "pareto"]))
+    if "decode" in r["phases"]:
+        def efficiency(v: str, t: str) -> str:
+            figs = cells[(v, t)]["bandwidth_efficiency"].get("decode", []) if (v, t) in cells else []
+            return " / ".join(pct(f) for f in figs) or "-"
+        tables.append(Table(["variant"] + [f"{t} decode bandwidth efficiency" for t in targets],
+                            [[v] + [efficiency(v, t) for t in targets] for v in variants]))
+        text += (" Bandwidth efficiency: the decode step's weight-streaming bound (weight and input bytes at the "
+                 "target's peak DRAM bandwidth) over each measured or simulated latency; 100% would stream at peak. "
+                 "Roofline estimates get none: they are that bound's own model.")
+    out.append(Section("latency", "Latency", text, tables, ["latency", "pareto"]))
 
     mem = Table(["variant", "rank", "matched", "base weights", "adapter", "vs fp16 LoRA", "training state"], [])
     for v in r["variants"]:
@@ -88,8 +102,11 @@ def sections(r: dict[str, Any]) -> list[Section]:
                  [[v] + [fmt(cells[(v, t)]["peak_activation_bytes"].get(p)) if (v, t) in cells else "-"
                          for t in targets for p in phases] for v in variants])
     budget = r.get("matched_bytes_budget")
-    out.append(Section("memory", "Memory", "Base weight and adapter bytes from the packed arrays; at matched adapter "
-                       f"bytes each format takes the largest rank within {fmt(budget)}. Training state: parameters, "
+    matched = (f" At matched adapter bytes each format takes the largest rank within {fmt(budget)}."
+               if budget and budget.get("value") is not None else "")
+    out.append(Section("memory", "Memory", "Base weight and adapter bytes from the packed arrays; vs fp16 LoRA: its "
+                       f"adapter bytes at the trained rank on the same base over the variant's.{matched} Training "
+                       "state: parameters, "
                        "gradients, Adam moments and the tensors autograd saves, for one step of on-device adapter "
                        "updates. Second table: peak activation bytes (IR liveness).", [mem, peak], ["footprint"]))
 
@@ -102,8 +119,17 @@ def sections(r: dict[str, Any]) -> list[Section]:
                 row.append(f"{fmt(e['total'])} (compute {e['compute']['value']:.3g}, memory "
                            f"{e['memory']['value']:.3g})" if e else "-")
         energy.rows.append(row)
-    out.append(Section("energy", "Energy per token", "Simulated (accelerators) or estimated from the target's energy "
-                       "table (CPUs, GPUs), split into compute and memory.", [energy], ["energy"]))
+    used = Table(["target", "energy table", "file", "process node", "memory"],
+                 [[t["name"], e["name"], e["file"], f"{e['process_nm']} nm", e["memory"]]
+                  if (e := t.get("energy_table")) else [t["name"], "table not recorded", "-", "-", "-"]
+                  for t in r["targets"]])
+    out.append(Section("energy", "Energy per token", "Simulated (accelerators) or estimated (CPUs, GPUs) from the "
+                       "target's own energy table, at its process node and memory, split into compute and memory. "
+                       "The second table names each target's table; every figure's source is in its target file.",
+                       [energy, used], ["energy"]))
+
+    if r.get("scaled"):
+        out.append(_scaled_section(r["scaled"], variants, targets, phases))
 
     acc = Table(["variant", "adapter rec. error", "base rec. error", "output rel. error", "cosine"], [])
     for v in variants:
@@ -146,6 +172,28 @@ def sections(r: dict[str, Any]) -> list[Section]:
                        "No build failed.", [Table(["variant", "target", "phase", "error"],
                                                   [list(f) for f in failed])] if failed else []))
     return out
+
+
+def _scaled_section(sc: dict[str, Any], variants: list[str], targets: list[str], phases: list[str]) -> Section:
+    """Per-block figures x the layer count (hwsim/report/scale.py), every one marked as scaled."""
+    n = sc["layers"]
+    cells = {(c["variant"], c["target"], c["phase"]): c for c in sc["cells"]}
+
+    def cell(v: str, t: str, p: str) -> str:
+        c = cells.get((v, t, p))
+        if not c or not c["latency"]:
+            return "-"
+        e = c["energy_per_token"]
+        return fmt(c["latency"]) + (f"; {fmt(e)}" if e else "")
+
+    perf = Table(["variant"] + [f"{t} {p}" for t in targets for p in phases],
+                 [[v] + [cell(v, t, p) for t in targets for p in phases] for v in variants])
+    size = Table(["variant", f"base weights x{n}", f"adapter x{n}"],
+                 [[w["variant"], fmt(w["base_weight_bytes"]), fmt(w["adapter_bytes"])] for w in sc["variants"]])
+    return Section("scaled", f"Scaled to {n} layers (x{n}, not measured as a whole)",
+                   f"{html.escape(sc['of'])}. Every figure here is the one-block figure above multiplied by {n}: "
+                   "latency (the primary figure of each build: measured, else simulated, else estimated) and energy "
+                   "per token in the first table, base weight and adapter bytes in the second.", [perf, size])
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1500px}

@@ -48,8 +48,8 @@ def run_sweep(spec_path: Path, *, out: Path | None = None, jobs: int | None = No
     variants = {(fmt, rank): Variant(f"{fmt}@r{rank}" if rank and rank != trained else fmt, fmt, "fp32",
                                      rank if rank and rank != trained else None)
                 for fmt in spec.formats for rank in spec.ranks}
-    info = prepare_variants(spec.model, spec.adapter, list(variants.values()), root, spec.tokens, spec.seed,
-                            rtol=1e-3, retry_failed=force, progress=step)
+    info = prepare_variants(spec.model, spec.adapter, list(variants.values()), root, spec.tokens, 0, spec.seed,
+                            rtol=1e-3, retry_failed=force, progress=step, phases=("prefill",))
     failed = [i for i in info.values() if i.get("status") == "failed"]
     if failed:
         raise HwsimError(f"{spec.path}: variant {failed[0]['id']} was not exported ({failed[0]['error']}); "
@@ -60,9 +60,9 @@ def run_sweep(spec_path: Path, *, out: Path | None = None, jobs: int | None = No
     try:
         done = store.done()
         todo = [p for p in todo_points if p.key not in done]
-        inputs = by_variant[next(iter(by_variant))]["inputs"]
-        tasks = [{"point": p.as_dict(), "onnx": by_variant[(p.format, p.rank)]["onnx"], "target_text": spec.target_text,
-                  "target_name": spec.target_file.stem, "shapes": {n: [1, spec.tokens] for n in inputs},
+        prefill = {key: i["exports"]["prefill"] for key, i in by_variant.items()}
+        tasks = [{"point": p.as_dict(), "onnx": prefill[(p.format, p.rank)]["path"], "target_text": spec.target_text,
+                  "target_name": spec.target_file.stem, "shapes": prefill[(p.format, p.rank)]["shapes"],
                   "verify": spec.verify, "seed": spec.seed} for p in todo]
         step(f"{len(todo)} of {len(todo_points)} points to run ({len(todo_points) - len(todo)} already done)")
         run = execute(tasks, store, jobs=jobs or os.cpu_count() or 1, scheduler=scheduler,
