@@ -235,6 +235,14 @@ def energy_record(target: Target) -> dict[str, Any]:
             "process_nm": e.process_nm, "memory": e.memory}
 
 
+def cite_energy(record: dict[str, Any]) -> str:
+    """How a figure names the energy table it used: "targets/x.toml [energy] <name>", and the host's table
+    for an accelerator's host-run layers (`host_layers` of the record)."""
+    host = record.get("host_layers")
+    return f"{record['file']} [energy] {record['name']}" + (
+        f"; host layers: {host['file']} [energy] {host['name']}" if host else "")
+
+
 def known_targets() -> list[str]:
     return sorted(p.stem for p in TARGET_DIR.glob("*.toml"))
 

@@ -16,7 +16,7 @@ from typing import Any
 from hwsim.accel.isa import DTYPES, KINDS, Instr, Opcode
 from hwsim.accel.program import AccelProgram
 from hwsim.accel.timing import ITEM, Timeline
-from targets import energy_record
+from targets import cite_energy, energy_record
 from targets.accel import AccelSpec
 
 COMPUTE = ("array", "registers", "vector", "host_compute")  # the rest moves data: SRAM, DRAM, host memory
@@ -41,11 +41,6 @@ def _register_bytes(ins: Instr) -> float:
     kind, wdtype = KINDS[a.get("kind", 0)], DTYPES[a.get("wgt_dtype", 0)]
     wbytes = (1 / 8 if kind == "sign" else 1 / 4) if wdtype == "uint8" and kind in ("sign", "ternary") else ITEM[wdtype]
     return wbytes + 8
-
-
-def _cite(table: dict[str, Any], host: dict[str, Any]) -> str:
-    """The tables a simulated energy used, as the report cites them."""
-    return f"{table['file']} [energy] {table['name']}; host layers: {host['file']} [energy] {host['name']}"
 
 
 def summarise(program: AccelProgram, timeline: Timeline) -> dict[str, Any]:
@@ -108,7 +103,7 @@ def summarise(program: AccelProgram, timeline: Timeline) -> dict[str, Any]:
                 totals[name][k] += v
     cycles = timeline.cycles
     energy_total = sum(totals["energy_pj"].values())
-    table, host = energy_record(program.target), energy_record(program.host)
+    table = {**energy_record(program.target), "host_layers": energy_record(program.host)}
     compute = sum(v for k, v in totals["energy_pj"].items() if k in COMPUTE)
     return {
         "provenance": "simulated",
@@ -126,7 +121,7 @@ def summarise(program: AccelProgram, timeline: Timeline) -> dict[str, Any]:
         "energy_uj": round(energy_total * 1e-6, 4),
         "energy_pj_by_component": {k: round(v, 1) for k, v in sorted(totals["energy_pj"].items())},
         "energy_pj": {"compute": round(compute, 1), "memory": round(energy_total - compute, 1)},
-        "energy_source": _cite(table, host),
-        "energy_table": {**table, "host_layers": host},
+        "energy_source": cite_energy(table),
+        "energy_table": table,
         "layers": rows,
     }

@@ -15,7 +15,7 @@ from typing import Any
 from hwsim.errors import HwsimError
 from hwsim.ir import DType
 from hwsim.report.scale import scaled_results
-from targets import known_targets, load_target
+from targets import cite_energy, known_targets, load_target
 
 RESULTS_SCHEMA = "hwsim.results/1"
 
@@ -52,14 +52,9 @@ def _tokens(shape: dict[str, list[int]]) -> int:
 
 
 def energy_source(e: dict[str, Any]) -> str:
-    """Which energy table a manifest's energy came from: "targets/x.toml [energy] <name>" (and the host's
-    table for an accelerator's host-run layers); manifests from before tables were recorded say so."""
+    """Which energy table a manifest's energy came from; manifests from before tables were recorded say so."""
     t = e.get("table")
-    if not t:
-        return f"{e.get('source') or e['model']}; energy table not recorded"
-    host = t.get("host_layers")
-    return f"{t['file']} [energy] {t['name']}" + (f"; host layers: {host['file']} [energy] {host['name']}"
-                                                  if host else "")
+    return cite_energy(t) if t else f"{e.get('source') or e['model']}; energy table not recorded"
 
 
 def _energy(m: dict[str, Any], tokens: int) -> dict[str, Any] | None:
