@@ -12,6 +12,7 @@ from tvm.s_tir import dlight as dl
 
 from codegen.schedules.cpu import Elementwise, Matmul
 from codegen.schedules.guard import Guarded
+from codegen.schedules.reduction import SharedRows, Staged
 from targets import Target
 
 
@@ -33,10 +34,16 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     return tvm.transform.Sequential([
         *cpu_generic.library_dispatch_passes(target),
         *cpu_generic.legalize_passes(target),
-        dl.ApplyDefaultSchedule(Matmul(), Guarded(dl.cpu.GEMV()), Guarded(dl.cpu.Reduction()), Elementwise()),
+        cpu_schedules(),
         *cpu_generic.dataflow_lower_passes(target),
         *cpu_generic.finalize_passes(target),
     ])
+
+
+def cpu_schedules() -> tvm.transform.Pass:
+    """The schedule rules, first match wins: GEMMs, GEMVs, row reductions, elementwise chains."""
+    return dl.ApplyDefaultSchedule(Matmul(), Guarded(dl.cpu.GEMV()), Staged(), Guarded(SharedRows(dl.cpu.Reduction())),
+                                   Elementwise())
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:

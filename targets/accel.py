@@ -1,9 +1,12 @@
 """Accelerator descriptions (kind = "accel"): PE arrays, on-chip buffers, vector unit, DRAM and energy table.
 
 A file names its arrays as `[arrays.NAME]` tables. Each array is `rows` x `cols` PEs with a dataflow
-(`weight_stationary` or `output_stationary`); its PEs are multiply-accumulate units (`pe = "mac"`: fp16 and
-int8 natively, and sign/ternary weights the DMA decodes to fp16 on load) or adders (`pe = "adder"`: sign and
-ternary weights only, read packed: y += x, y -= x, or skip). `kinds` lists the layer kinds the array takes.
+(`weight_stationary`, `output_stationary` or `weight_streaming`: weight-stationary whose next R x C weight fold
+enters through a port as wide as the fold while the current one computes, so that a fold costs its m rows, not
+the R cycles of filling it, and a batch-1 GEMV streams weights at the buffer's rate); its PEs are
+multiply-accumulate units (`pe = "mac"`: fp16 and int8 natively, and sign/ternary weights the DMA decodes to
+fp16 on load) or adders (`pe = "adder"`: sign and ternary weights only, read packed: y += x, y -= x, or skip).
+`kinds` lists the layer kinds the array takes.
 Buffers are `weight`, `activation` and `accumulator`; the vector unit applies scales and elementwise ops to
 buffered tiles. Everything the accelerator lacks runs on `host` (a CPU target) and is billed with its figures.
 """
@@ -14,7 +17,7 @@ from typing import Any
 
 from hwsim.errors import HwsimError
 
-DATAFLOWS = ("weight_stationary", "output_stationary")
+DATAFLOWS = ("weight_stationary", "output_stationary", "weight_streaming")
 PE_KINDS = {"mac": ("fp16", "int8", "sign", "ternary"), "adder": ("sign", "ternary")}
 BUFFERS = ("weight", "activation", "accumulator")
 VECTOR_OPS = ("ADD", "SUB", "MUL", "MAX", "MIN", "NEG", "RELU", "CAST")  # IR ops a vector unit may list

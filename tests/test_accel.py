@@ -159,6 +159,67 @@ def test_gemm_cycles_are_the_systolic_fold_formulas(dataflow: str, m: int, n: in
         assert gemm_cycles(a, m, n, k, last=True) == folds * per_fold
 
 
+def test_weight_streaming_pays_the_skew_once_and_rows_per_fold() -> None:
+    """A batch-1 GEMV: weight-stationary fills every fold (1 + 94 cycles per 1024 weights), weight-streaming
+    pays a cycle per fold plus the skew once, and the weight port then bounds it (simulate: bytes / 64)."""
+    ws = ArraySpec("a", 32, 32, "weight_stationary", "adder", ("ternary",))
+    stream = ArraySpec("a", 32, 32, "weight_streaming", "adder", ("ternary",))
+    folds = (4096 // 32) * (256 // 32)
+    assert gemm_cycles(ws, 1, 256, 4096, last=True) == folds * 95
+    assert gemm_cycles(stream, 1, 256, 4096, last=True) == folds + 62
+    assert gemm_cycles(stream, 16, 256, 4096, last=True) == folds * 16 + 62
+
+
+@pytest.mark.parametrize("target", ["sacc-32x32", "systolic-fp16-32x32"])
+def test_a_batched_matmul_orders_its_batches_by_tokens(target: str) -> None:
+    """Decode attention (one query row per head over 129 cached keys): each head is one GEMM. Emitted apart,
+    the next head's activation load overwrote the slot the previous head's last column tile still read, and
+    that column came out wrong whenever the load ran ahead (weight-stationary tiles made it do so)."""
+    a = Value("a", TensorType((1, 4, 1, 64), DType.FLOAT32))
+    w = Value("w", TensorType((1, 4, 64, 129), DType.FLOAT32))
+    y = Value("y", TensorType((1, 4, 1, 129), DType.FLOAT32))
+    graph = Graph("g", [a, w], [y], [Node(Op.MATMUL, [a, w], [y], {}, name="scores")])
+    _, _, got, want = run(graph, target)
+    assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("target", ["sacc-32x32", "systolic-fp16-32x32"])
+def test_attention_reads_k_transposed_instead_of_transposing_it(target: str) -> None:
+    """q @ transpose(k) over a 129-key cache: the transpose runs nowhere (not on the host), the matmul reads
+    k as a W stored [N, K]; the result matches the interpreter."""
+    q = Value("q", TensorType((1, 4, 1, 64), DType.FLOAT32))
+    k = Value("k", TensorType((1, 4, 129, 64), DType.FLOAT32))
+    kt = Value("kt", TensorType((1, 4, 64, 129), DType.FLOAT32))
+    y = Value("y", TensorType((1, 4, 1, 129), DType.FLOAT32))
+    graph = Graph("g", [q, k], [y], [Node(Op.TRANSPOSE, [k], [kt], {"perm": [0, 1, 3, 2]}, name="kt"),
+                                     Node(Op.MATMUL, [q, kt], [y], {}, name="scores")])
+    program, _, got, want = run(graph, target)
+    assert rel_err(got, want) < 1e-5
+    assert [p.unit for p in program.layers] == ["view", "array:mac"] and not program.host_cycles
+    assert any(i.op is isa.Opcode.GEMM and i.args["flags"] & isa.WT for i in program.instrs)
+
+
+def test_cache_appends_gathers_and_slices_are_block_copies_on_the_accelerator() -> None:
+    """A KV cache's data movement runs on the accelerator, not the host, and matches the interpreter: a layer's
+    cache picked out of the stack is a view (a contiguous range), the append of the new token and a slice are
+    strided DMA through the accumulator."""
+    past = Value("past", TensorType((2, 1, 4, 129, 64), DType.FLOAT32))
+    new = Value("new", TensorType((1, 4, 1, 64), DType.FLOAT32))
+    layer = Value("layer", TensorType((1, 4, 129, 64), DType.FLOAT32))
+    cache = Value("cache", TensorType((1, 4, 130, 64), DType.FLOAT32))
+    half = Value("half", TensorType((1, 4, 130, 32), DType.FLOAT32))
+    pick = Value.const("pick", np.array(-1, np.int64))
+    graph = Graph("g", [past, new], [cache, half], [
+        Node(Op.GATHER, [past, pick], [layer], {"axis": 0}, name="pick"),
+        Node(Op.CONCAT, [layer, new], [cache], {"axis": 2}, name="append"),
+        Node(Op.SLICE, [cache], [half], {"starts": [32], "ends": [64], "axes": [-1], "steps": [1]}, name="half")])
+    program, timeline, got, want = run(graph)
+    assert rel_err(got, want) < 1e-7
+    assert [p.unit for p in program.layers] == ["view", "vector", "vector"] and not program.host_cycles
+    moved = 2 * 4 * sum(v.type.size for v in (cache, half))  # every copied byte read once, written once
+    assert timeline.cycles >= moved / program.target.accel.dram.bandwidth_bytes_per_cycle
+
+
 def test_dram_channel_serves_transfers_in_free_gaps() -> None:
     ch = DramChannel()
     assert ch.reserve(0, 10) == 0
@@ -179,7 +240,7 @@ def test_buffer_too_small_names_the_layer(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("edit, needle", [
-    (('dataflow = "weight_stationary"', 'dataflow = "row_stationary"'), "key 'arrays.sign.dataflow' must be one of"),
+    (('dataflow = "weight_streaming"', 'dataflow = "row_stationary"'), "key 'arrays.sign.dataflow' must be one of"),
     (("kinds = [\"sign\", \"ternary\"]", "kinds = [\"fp16\"]"), "key 'arrays.sign.kinds' must be one of sign, ternary"),
     (("[buffers.activation]\nkib = 128\n", "[buffers.scratch]\nkib = 128\n"), "key 'buffers.scratch' must be one of"),
     (("latency_cycles = 100", "latency_cycles = -1"), "key 'dram.latency_cycles' must be >= 0"),

@@ -215,3 +215,30 @@ def test_rank_one_accumulate_with_an_addend_matches_the_interpreter(op: Op, bits
              "a": rng.standard_normal((1, 1, n)).astype(np.float32)}
     got = host.run(relax.VirtualMachine(host.build(to_relax(graph, HOST), HOST), tvm.cpu()), list(feeds.values()))[0]
     np.testing.assert_allclose(got, interp.run(graph, feeds)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_one_token_rms_norm_reduces_once() -> None:
+    """RMSNorm of one token: the mean has one row, the scale 4096 elements. dlight's CPU Reduction rule (which
+    assumes shared rows) computed the mean under the 4096-wide loop, 4096 times (14 ms per norm at d=4096);
+    SharedRows keeps it away and Staged runs the reduction's 4096 iterations once, then the scale."""
+    from tvm import te
+    from tvm.s_tir import dlight as dl
+
+    from codegen.schedules.reduction import SharedRows, Staged, shared_rows
+
+    d = 4096
+    rng = np.random.default_rng(5)
+    xs, hs, gs = (rng.standard_normal(s).astype(np.float32) for s in ((1, 1, d), (1, 1, d), (d,)))
+    x, h = te.placeholder((1, 1, d), "float32"), te.placeholder((1, 1, d), "float32")
+    g = te.placeholder((d,), "float32")
+    r = te.reduce_axis((0, d))
+    s = te.compute((1, 1, 1), lambda a, b, c: te.sum(x[a, b, r], axis=r), name="sum")
+    y = te.compute((1, 1, d), lambda a, b, j: h[a, b, j] / te.sqrt(s[a, b, 0] / d + 1e-6) * g[j], name="scale")
+    func = te.create_prim_func([x, h, g, y])
+    assert shared_rows(func) is False and SharedRows(dl.cpu.Reduction()).apply(func, HOST, False) is None
+    sch = Staged().apply(func, HOST, False)
+    loops = sch.get_loops(sch.get_sblock("sum"))
+    assert np.prod([int(sch.get(lp).extent) for lp in loops]) == d
+    got = run_scheduled(func, Staged(), [xs, hs, gs], (1, 1, d))
+    want = hs / np.sqrt(xs.sum() / d + 1e-6) * gs
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

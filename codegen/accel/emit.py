@@ -60,9 +60,11 @@ class _Slots:
 
 
 def emit_gemm(node: int, layer: GemmLayer, t: Tiling, array_index: int, array: ArraySpec, fp: Footprint,
-              events: list[TileEvent], a: DramRef, w: DramRef, c: DramRef, extras: Extras) -> list[Instr]:
-    """One GEMM-shaped layer (see the module docstring); A, W and C are the DRAM tensors of the layer's TE
-    buffers "A", "W", "C" (W as stored: [K, N], [N, K] or packed rows)."""
+              events: list[TileEvent], operands: list[tuple[DramRef, DramRef, DramRef]], extras: Extras) -> list[Instr]:
+    """One GEMM-shaped layer (see the module docstring); each (A, W, C) of `operands` is one GEMM of it (a
+    batched matmul has one per batch element), the DRAM tensors of the layer's TE buffers "A", "W", "C" (W as
+    stored: [K, N], [N, K] or packed rows). All of them share the slots and are ordered by one set of tokens:
+    emitted apart, the next GEMM's first load overwrote a slot the last GEMM of the previous one still read."""
     act = _Slots(Buffer.ACTIVATION, 0, fp.a_tile, 2)
     scaled_at, pre_at = 2 * fp.a_tile, 2 * fp.a_tile + fp.a_scaled
     wgt = _Slots(Buffer.WEIGHT, 0, fp.w_tile, 2)
@@ -84,7 +86,7 @@ def emit_gemm(node: int, layer: GemmLayer, t: Tiling, array_index: int, array: A
             args["decode"] = KINDS.index(layer.kind)
         return Slotted(Instr(Opcode.LOAD, node, buffer, args), writes=[(buffer, sram)])
 
-    for ev in events:
+    for a, w, c, ev in ((*abc, ev) for abc in operands for ev in events):
         if ev.kind == "load":
             (name, _, ((r0, rr), (c0, cc))), = ev.reads
             if name == "A":
@@ -225,6 +227,48 @@ def emit_vector(node: int, op: str, spec: AccelSpec, x: DramRef, y: DramRef | No
         items.append(Slotted(Instr(Opcode.STORE, node, acc, {
             "sram": ra, "dram": flat[1].at(0, start), "rows": 1, "cols": n, "stride": n, "dtype": _dt(out.dtype),
             "src_dtype": _dt(out.dtype), "src_cols": n}), reads=[(acc, ra)]))
+    return assign_tokens(items)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A block copy: `rows` rows of `cols` elements from column `src_col` of `src` to column `dst_col` of
+    `dst` (both 2-D views of DRAM tensors, the same rows)."""
+
+    src: DramRef
+    src_col: int
+    dst: DramRef
+    dst_col: int
+    cols: int
+
+
+def emit_copy(node: int, spec: AccelSpec, pieces: list[Piece]) -> list[Instr]:
+    """Data movement alone (a concat, a gather of constant indices, a slice) as strided DMA through the
+    accumulator: load a tile, copy it on the vector unit (loads reach the store queue only through compute),
+    store it at its place; two slots each, so loads, copies and stores overlap."""
+    acc = Buffer.ACCUMULATOR
+    chunk = vector_chunk(spec, 1 << 62, 1, Operand.NONE)
+    size = align(chunk * 4)
+    xs, rs = _Slots(acc, 0, size, 2), _Slots(acc, 2 * size, size, 2)
+    items: list[Slotted] = []
+    for p in pieces:
+        dtype = _dt(p.src.dtype)
+        rows_per = max(1, chunk // p.cols)
+        for r0 in range(0, p.src.rows, rows_per):
+            rows = min(rows_per, p.src.rows - r0)
+            for c0 in range(0, p.cols, chunk):
+                cols = min(chunk, p.cols - c0)
+                xa, ra = xs.take(), rs.take()
+                items.append(Slotted(Instr(Opcode.LOAD, node, acc, {
+                    "sram": xa, "dram": p.src.at(r0, p.src_col + c0), "rows": rows, "cols": cols,
+                    "stride": p.src.cols, "dtype": dtype}), writes=[(acc, xa)]))
+                items.append(Slotted(Instr(Opcode.ALU, node, acc, {
+                    "alu": AluOp.COPY, "operand": Operand.NONE, "dst": ra, "src": xa, "rows": rows, "cols": cols,
+                    "dtype": dtype, "src_dtype": dtype}), reads=[(acc, xa)], writes=[(acc, ra)]))
+                items.append(Slotted(Instr(Opcode.STORE, node, acc, {
+                    "sram": ra, "dram": p.dst.at(r0, p.dst_col + c0), "rows": rows, "cols": cols,
+                    "stride": p.dst.cols, "dtype": dtype, "src_dtype": dtype, "src_cols": cols}),
+                    reads=[(acc, ra)]))
     return assign_tokens(items)
 
 

@@ -1,8 +1,9 @@
 """Tile sizes for a GEMM-shaped layer on one PE array, chosen to fit the accelerator's buffers.
 
-Order (io, jo, ko) in both dataflows. Weight-stationary: W tiles of whole R x C folds, as many rows of A
-per tile as fit (ideally all M, so every fold's fill and skew is paid once). Output-stationary: one R x C
-output fold per tile, K in chunks as long as fit, the partial sums staying in the PEs across chunks.
+Order (io, jo, ko) in every dataflow. Weight-stationary (and weight-streaming): W tiles of whole R x C folds,
+as many rows of A per tile as fit (ideally all M, so every fold's fill and skew is paid once).
+Output-stationary: one R x C output fold per tile, K in chunks as long as fit, the partial sums staying in
+the PEs across chunks.
 A is staged once per row block when the whole row block fits, else per K chunk. Every operand has two
 slots (double buffering); where the layer has them, the accumulator also keeps a scratch tile for the
 addend and a vector for the post-scale, the activation buffer a vector for the pre-scale and room for an
@@ -140,7 +141,7 @@ def choose_tiling(layer: GemmLayer, array: ArraySpec, spec: AccelSpec, extras: E
     r, c = array.rows, array.cols
     # tile extents of at least 2: TVM folds unit loops out of the intrinsic's description, which then no
     # longer matches the tile (a 1-row GEMM gets a padded second row; `valid` keeps its cycles right)
-    if array.dataflow == "weight_stationary":
+    if array.dataflow != "output_stationary":
         tms = sorted({max(2, layer.m), *(max(2, -(-layer.m // d)) for d in (2, 4, 8, 16, 32, 64, 128, 256)
                                         if d < layer.m)}, reverse=True)
         tns, tks = _candidates(layer.n, c, 2), _candidates(layer.k, r, max(2, layer.per_byte))

@@ -153,18 +153,22 @@ class Elementwise(CPUScheduleRule):
         # twice ((a + x w) * s + a for x w * s + a). Such a block is left to TVM's default lowering.
         if sch.get(infos[0].block_rv).init is not None:
             return None
-        loops = sch.get_loops(infos[0].block_rv)
-        extents = [sch.get(loop).extent for loop in loops]
-        if not loops or not all(hasattr(e, "value") for e in extents):
-            return None
-        total = 1
-        for e in extents:
-            total *= int(e.value)
-        fused = sch.fuse(*loops)
-        lanes = register_tile(target)[1]
-        if total % lanes == 0 and total >= lanes:
-            fused, vec = sch.split(fused, factors=[None, lanes])
-            sch.vectorize(vec)
-        if total >= PARALLEL_MIN_ELEMENTS:
-            sch.parallel(fused)
-        return sch
+        return sch if flatten_injective(sch, infos[0].block_rv, target) else None
+
+
+def flatten_injective(sch: s_tir.Schedule, block: SBlockRV, target: Target) -> bool:
+    """Fuse an elementwise block's loops into one, vectorise it by the float lanes where they divide it and
+    parallelise it where it is large enough; False (schedule untouched) where its extents are symbolic."""
+    loops = sch.get_loops(block)
+    extents = [sch.get(loop).extent for loop in loops]
+    if not loops or not all(hasattr(e, "value") for e in extents):
+        return False
+    total = math.prod(int(e.value) for e in extents)
+    fused = sch.fuse(*loops)
+    lanes = register_tile(target)[1]
+    if total % lanes == 0 and total >= lanes:
+        fused, vec = sch.split(fused, factors=[None, lanes])
+        sch.vectorize(vec)
+    if total >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(fused)
+    return True

@@ -7,7 +7,9 @@ Timing rules (cycles of the accelerator clock):
   for its bytes / bandwidth, in the first free interval after it is ready (loads and stores contend).
 - GEMM on an R x C array, per fold of the tile: weight-stationary m + 2R + C - 2 (R to fill the weights,
   m rows streamed, R + C - 2 of skew), output-stationary tk per K chunk plus R + C - 2 to drain on the last
-  chunk; SCALE-Sim's compute cycles for the same dataflows. At least each buffer's bytes / bytes_per_cycle.
+  chunk; SCALE-Sim's compute cycles for the same dataflows. Weight-streaming (no SCALE-Sim counterpart): each
+  fold's weights enter in one step, double-buffered behind the previous fold, so folds x m + R + C - 2 (skew
+  once per instruction). At least each buffer's bytes / bytes_per_cycle (the weight port bounds streaming).
 - ALU: elements / lanes.
 - HOST / BARRIER: start when every queue is idle; HOST lasts its node's host-CPU estimate.
 A token popped by an instruction was pushed by an earlier one (the emitter guarantees program order), so
@@ -36,9 +38,11 @@ ITEM = {name: size for name, size in zip(DTYPES, (4, 2, 1, 1, 4, 8, 1), strict=T
 def gemm_cycles(array: ArraySpec, m: int, tn: int, tk: int, last: bool) -> int:
     """Compute cycles of one GEMM instruction (see the module docstring)."""
     r, c = array.rows, array.cols
+    folds = math.ceil(tk / r) * math.ceil(tn / c)
     if array.dataflow == "weight_stationary":
-        folds = math.ceil(tk / r) * math.ceil(tn / c)
         return folds * (m + 2 * r + c - 2)
+    if array.dataflow == "weight_streaming":
+        return folds * m + r + c - 2
     return tk + (r + c - 2 if last else 0)
 
 
@@ -60,7 +64,7 @@ def sram_traffic(ins: Instr, array: ArraySpec | None) -> dict[str, int]:
         ab, kind, wdtype = ITEM[DTYPES[a.get("inp_dtype", 0)]], KINDS[a.get("kind", 0)], DTYPES[a.get("wgt_dtype", 0)]
         packed = kind in ("sign", "ternary") and wdtype == "uint8"  # else dense or decoded to fp16
         wbytes = tn * tk // (8 if kind == "sign" else 4) if packed else tn * tk * ITEM[wdtype]
-        if array.dataflow == "weight_stationary":  # weights once, A once per column fold, psums per row fold
+        if array.dataflow != "output_stationary":  # weights once, A once per column fold, psums per row fold
             folds_n, folds_k = math.ceil(tn / array.cols), math.ceil(tk / array.rows)
             return {"r:weight": wbytes, "r:activation": folds_n * m * tk * ab,
                     "r:accumulator": folds_k * m * tn * 4, "w:accumulator": folds_k * m * tn * 4}
