@@ -37,6 +37,19 @@ def test_values_used_later_stay_live() -> None:
     assert peak_activation_bytes(g) == 4 * 300  # x is read by the last node, so x, b, c coexist
 
 
+def test_a_weight_cast_at_build_time_is_not_an_activation() -> None:
+    """An fp16 weight cast to fp32 and transposed (as exporters write it): constants alone, folded at build
+    time, so only x and y are activations (the fp32 copy was counted: 365 MB for a 7B-shaped block)."""
+    x = Value("x", TensorType((1, 64), F32))
+    w16 = Value.const("w", np.ones((32, 64), np.float16))
+    w32 = Value("w32", TensorType((32, 64), F32))
+    wt = Value("wt", TensorType((64, 32), F32))
+    y = Value("y", TensorType((1, 32), F32))
+    g = Graph("g", [x], [y], [Node(Op.CAST, [w16], [w32], {"to": F32}),
+                              Node(Op.TRANSPOSE, [w32], [wt], {"perm": (1, 0)}), Node(Op.MATMUL, [x, wt], [y])])
+    assert peak_activation_bytes(g) == 4 * (64 + 32)
+
+
 def test_weight_bytes_by_format_after_lowering() -> None:
     from test_lower_format_layers import layer_model
 
