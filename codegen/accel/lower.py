@@ -76,7 +76,7 @@ def allocate(graph: Graph, folded: dict[int, np.ndarray] | None = None) -> tuple
         if id(v) in out:
             continue
         p = v.producer
-        if p is not None and id(p.inputs[0]) in out and id(v) not in folded and (
+        if p is not None and p.inputs and id(p.inputs[0]) in out and id(v) not in folded and (
                 p.op is Op.RESHAPE or (part := contiguous_part(p)) is not None):
             src = out[id(p.inputs[0])]
             offset = 0 if p.op is Op.RESHAPE else part * np.dtype(src.dtype).itemsize
