@@ -93,16 +93,16 @@ def _ref(t: DramTensor, rows: int, cols: int, offset: int = 0) -> DramRef:
     return DramRef(t.addr + offset, rows, cols, t.dtype)
 
 
-def swaps_into_matmul(t: Node, graph: Graph, folded: dict[int, np.ndarray]) -> bool:
+def swaps_into_matmul(t: Node, graph: Graph, folded: dict[int, np.ndarray], consumers: dict[int, list[Node]]) -> bool:
     """A run-time TRANSPOSE of the last two axes whose one reader is a MATMUL taking it as its second operand
     (attention's K^T): the matmul reads the untransposed tensor as a W stored [N, K], and the transpose is
-    not executed."""
+    not executed. `consumers` is graph.consumers()."""
     if t.op is not Op.TRANSPOSE or t.inputs[0].is_const or id(t.outputs[0]) in folded:
         return False
     rank = t.inputs[0].type.rank
     if rank < 2 or list(t.attrs["perm"]) != [*range(rank - 2), rank - 1, rank - 2]:
         return False
-    readers = graph.consumers().get(id(t.outputs[0]), [])
+    readers = consumers.get(id(t.outputs[0]), [])
     return len(readers) == 1 and readers[0].op is Op.MATMUL and readers[0].inputs[1] is t.outputs[0] \
         and readers[0].inputs[0] is not t.outputs[0] and all(o is not t.outputs[0] for o in graph.outputs)
 
@@ -179,10 +179,10 @@ def _runs(n: Node) -> tuple[int, list[tuple[int, int, int]]] | str:
     out = n.outputs[0]
     if n.op not in (Op.CONCAT, Op.GATHER, Op.SLICE):
         return "not a block copy"
-    if not out.type.dtype.is_float or any(v.type.dtype != out.type.dtype
-                                        for v in (n.inputs if n.op is Op.CONCAT else n.inputs[:1])):
+    data = n.inputs if n.op is Op.CONCAT else n.inputs[:1]
+    if not out.type.dtype.is_float or any(v.type.dtype != out.type.dtype for v in data):
         return "non-float data"
-    if any(v.is_const for v in (n.inputs if n.op is Op.CONCAT else n.inputs[:1])):
+    if any(v.is_const for v in data):
         return "constant data"
     if n.op is Op.SLICE:
         if len(n.attrs["axes"]) != 1 or n.attrs["steps"][0] != 1:
@@ -253,7 +253,8 @@ def lower(graph: Graph, target: Target) -> AccelProgram:
     host_cycles: dict[int, int] = {}
     host_pj: dict[int, tuple[float, float]] = {}
     arrays = {a.name: (i, a) for i, a in enumerate(accel.arrays)}
-    swapped = frozenset(id(n.outputs[0]) for n in graph.nodes if swaps_into_matmul(n, graph, folded))
+    consumers = graph.consumers()
+    swapped = frozenset(id(n.outputs[0]) for n in graph.nodes if swaps_into_matmul(n, graph, folded, consumers))
     for i, n in enumerate(graph.nodes):
         plan = LayerPlan(i, _label(n), n.op.name, "", "", first=len(instrs))
         if all(id(v) in folded for v in n.outputs):
