@@ -14,6 +14,7 @@ from rich.table import Table
 
 from hwsim.errors import HwsimError, VerificationError
 from hwsim.matrix import DEFAULT_BASE_FORMATS, DEFAULT_CONTEXT, DEFAULT_FORMATS, DEFAULT_TARGETS
+from models.formats.adapter import DEFAULT_TRAIN_STEPS
 
 err_console = Console(stderr=True)
 
@@ -79,6 +80,12 @@ def _csv(values: tuple[str, ...]) -> list[str]:
                    "trained rank, on each base (a second set of variants: about twice the builds)")
 @click.option("--context", type=int, default=DEFAULT_CONTEXT, show_default=True,
               help="decode: past tokens in the KV cache the new token attends to")
+@click.option("--train/--no-train", default=True, show_default=True,
+              help="train the lordba, ternary and tritplane adapters in sign form (distilled from the fp LoRA's "
+                   "outputs) before building them; --no-train builds the plain conversions. Either way the report "
+                   "shows the plain conversion's accuracy")
+@click.option("--steps", type=int, help=f"sign-form training steps [default: {DEFAULT_TRAIN_STEPS}; smollm2-135m 50, "
+                                           "llama2-7b-block 0]")
 @click.option("--shape", "shape", multiple=True, metavar="NAME=DIMS", help=_SHAPE_HELP)
 @click.option("--out", type=click.Path(path_type=Path),
               help="output directory [default: build/MODEL, or build/MODEL/TARGET for one .onnx build]")
@@ -98,9 +105,9 @@ def _csv(values: tuple[str, ...]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True,
               help="print the manifest (one build) or results.json (a matrix) instead of a summary")
 def compile(model: str | None, targets: tuple[str, ...], formats: str | None, base_formats: str | None,
-            adapter: Path | None, tokens: int | None, matched_bytes: bool, context: int, shape: tuple[str, ...],
-            out: Path | None, force: bool, jobs: int | None, seed: int, rtol: float, runs: int, rpc: str | None,
-            rpc_key: str | None, as_json: bool) -> None:
+            adapter: Path | None, tokens: int | None, matched_bytes: bool, context: int, train: bool,
+            steps: int | None, shape: tuple[str, ...], out: Path | None, force: bool, jobs: int | None, seed: int,
+            rtol: float, runs: int, rpc: str | None, rpc_key: str | None, as_json: bool) -> None:
     """Compile MODEL for the targets, verify every build, and write a comparison report.
 
     MODEL is a built-in model (default: tiny-llama), a Hugging Face model directory (config + safetensors,
@@ -125,6 +132,8 @@ def compile(model: str | None, targets: tuple[str, ...], formats: str | None, ba
     from hwsim.api import compile_model
     from hwsim.matrix import compile_matrix, report_single
 
+    if steps is not None and not train:
+        raise HwsimError("--steps sets sign-form training, which --no-train turns off")
     target_list = _csv(targets)
     single = model is not None and Path(model).suffix == ".onnx" and len(target_list) <= 1
     with err_console.status("starting", spinner="dots") as status:
@@ -142,7 +151,7 @@ def compile(model: str | None, targets: tuple[str, ...], formats: str | None, ba
                                     formats=_csv((formats,)) if formats is not None else None,
                                     base_formats=_csv((base_formats,)) if base_formats else None,
                                     targets=target_list or None, tokens=tokens, context=context,
-                                    matched_bytes=matched_bytes,
+                                    matched_bytes=matched_bytes, train_steps=steps if train else 0,
                                     shapes=_shapes(shape), out=out, force=force, workers=jobs, runs=runs, seed=seed,
                                     rtol=rtol, rpc=rpc, rpc_key=rpc_key, progress=progress)
             report = matrix.report
@@ -384,9 +393,19 @@ def inspect(model: str | None, shape: tuple[str, ...], top: int, as_json: bool) 
 @click.option("--packing", type=click.Choice(["i2", "tq1_0"]), default=None,
               help="trit packing for ternary/tritplane: i2 (2 bpw; default) or tq1_0 (base-3)")
 @click.option("--peft-twin", is_flag=True, help="also write the equivalent plain PEFT LoRA (dense fp32, the oracle)")
+@click.option("--train/--no-train", default=False, show_default=True,
+              help="train the conversion in sign form (lordba, ternary, tritplane): latent factors and scales through "
+                   "the straight-through quantiser, distilled from the fp adapter's outputs inside the base model")
+@click.option("--steps", type=int, help=f"sign-form training steps [default: {DEFAULT_TRAIN_STEPS}; smollm2-135m 50, "
+                                           "llama2-7b-block 0]")
+@click.option("--model", "base_model", help="the base model to train in: a built-in name or a Hugging Face model "
+                                             "directory [default: ADAPTER, when it is a built-in model]")
+@click.option("--base-format", default="fp32", show_default=True,
+              help="the base's format during training (the one the adapter will be deployed on)")
 @click.option("--json", "as_json", is_flag=True, help="print the conversion report as JSON")
 def convert(adapter: str, fmt: str, out: Path, force: bool, layout: str | None, packing: str | None,
-            peft_twin: bool, as_json: bool) -> None:
+            peft_twin: bool, train: bool, steps: int | None, base_model: str | None, base_format: str,
+            as_json: bool) -> None:
     """Convert a PEFT LoRA ADAPTER directory (or a built-in model's adapter) to FORMAT.
 
     Writes the compact adapter only: hwsim_adapter.safetensors (packed signs/trits, fp16 scales) and
@@ -399,8 +418,14 @@ def convert(adapter: str, fmt: str, out: Path, force: bool, layout: str | None, 
     opts = {k: v for k, v in (("layout", layout), ("packing", packing)) if v is not None}
     if (layout and fmt != "lordba") or (packing and fmt not in ("ternary", "tritplane")):
         raise HwsimError(f"--layout applies to lordba, --packing to ternary/tritplane, not to '{fmt}'")
+    if not train and (steps is not None or base_model):
+        raise HwsimError("--steps and --model set sign-form training: add --train")
+    if steps is not None and steps < 1:
+        raise HwsimError(f"--steps must be at least 1, got {steps}")
+    train_steps = (steps or DEFAULT_TRAIN_STEPS) if train else 0
     with err_console.status("converting", spinner="dots") as status:
-        report = convert_adapter_dir(adapter, fmt, out, force=force, peft_twin=peft_twin,
+        report = convert_adapter_dir(adapter, fmt, out, force=force, peft_twin=peft_twin, train_steps=train_steps,
+                                     model=base_model, base_format=base_format,
                                      progress=lambda m: status.update(m), **opts)
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -416,6 +441,10 @@ def convert(adapter: str, fmt: str, out: Path, force: bool, layout: str | None, 
     table.add_row("total packed payload", "", f"{report['adapter_bytes']:,}",
                   f"{report['ratio_vs_lora_fp16']:.2f}x", "", "")
     _console().print(table)
+    t = report.get("training")
+    if t:
+        click.echo(f"trained in sign form: {t['steps']} steps in {t['model']} ({t['base_format']} base), held-out "
+                   f"output loss {t['held_out_loss_before']:.4f} -> {t['held_out_loss_after']:.4f}")
     click.echo(f"converted adapter: {out}")
     _echo_files(report)
 
@@ -440,11 +469,15 @@ def _echo_files(report: dict[str, Any]) -> None:
 @click.option("--base-format", default="fp32", show_default=True,
               help="base-weight format: fp32 | fp16 | dbf | mdbf | ternary | tritplane")
 @click.option("--bpw", type=float, default=None, help="bits per weight budget for dbf/mdbf [default: 1.0]")
+@click.option("--iters", type=int, default=None, help="dbf/mdbf: outer ADMM iterations of the fit [default: 20]")
+@click.option("--importance", type=click.Choice(["none", "calibration"]), default=None,
+              help="dbf/mdbf: weight each layer's input channels by their RMS on the model's held-in task inputs "
+                   "(calibration) or not [default: none]")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="the .onnx file to write")
 @click.option("--force", is_flag=True, help="replace an existing file")
 @click.option("--json", "as_json", is_flag=True, help="print the export report as JSON")
-def export(model: str, adapter: Path | None, fmt: str, base_format: str, bpw: float | None, out: Path, force: bool,
-           as_json: bool) -> None:
+def export(model: str, adapter: Path | None, fmt: str, base_format: str, bpw: float | None, iters: int | None,
+           importance: str | None, out: Path, force: bool, as_json: bool) -> None:
     """Export MODEL (a built-in name or a Hugging Face model directory) with formats applied to ONNX.
 
     Signs and trits are stored packed as uint8 initializers; each format layer is one ai.hwsim op with a
@@ -454,7 +487,8 @@ def export(model: str, adapter: Path | None, fmt: str, base_format: str, bpw: fl
 
     with err_console.status("exporting", spinner="dots") as status:
         report = export_model(model, adapter=adapter, adapter_format=fmt, base_format=base_format, bpw=bpw,
-                              out=out, force=force, progress=lambda m: status.update(m))
+                              iters=iters, importance=importance, out=out, force=force,
+                              progress=lambda m: status.update(m))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -472,9 +506,13 @@ def export(model: str, adapter: Path | None, fmt: str, base_format: str, bpw: fl
 @click.option("--base-formats", default="fp16,dbf,mdbf,ternary,tritplane", show_default=True,
               help="base-weight formats to compare (each with the fp16 LoRA adapter); '' for none")
 @click.option("--bpw", type=float, default=None, help="bits per weight budget for dbf/mdbf [default: 1.0]")
+@click.option("--iters", type=int, default=None, help="dbf/mdbf: outer ADMM iterations of the fit [default: 20]")
+@click.option("--importance", type=click.Choice(["none", "calibration"]), default=None,
+              help="dbf/mdbf: weight each layer's input channels by their RMS on the model's held-in task inputs "
+                   "(calibration) or not [default: none]")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
 def formats(model: str, adapter: Path | None, formats: str, base_formats: str, bpw: float | None,
-            as_json: bool) -> None:
+            iters: int | None, importance: str | None, as_json: bool) -> None:
     """Compare formats on MODEL: bytes vs fp16, reconstruction error, output error on held-in inputs.
 
     Output errors are relative to the unquantised model (fp32 base + the trained adapter in fp32);
@@ -484,7 +522,7 @@ def formats(model: str, adapter: Path | None, formats: str, base_formats: str, b
 
     variants = [(f, "fp32") for f in formats.split(",") if f] + [("lora-fp16", b) for b in base_formats.split(",") if b]
     with err_console.status("fitting", spinner="dots") as status:
-        rows = compare_formats(model, adapter=adapter, variants=variants, bpw=bpw,
+        rows = compare_formats(model, adapter=adapter, variants=variants, bpw=bpw, iters=iters, importance=importance,
                                progress=lambda m: status.update(f"fitting {m} ..."))
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -46,6 +46,7 @@ class Variant:
     base_format: str
     rank: int | None = None  # adapter rank; None: as trained
     matched: str = "rank"  # "rank", "bytes" or "as-is"
+    train_steps: int = 0  # sign-form training steps of the converted adapter (models/sign_distill.py); 0: none
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,17 @@ def _variant_id(adapter: str | None, base: str, rank: int | None = None) -> str:
     return name + (f"@r{rank}" if rank else "")
 
 
-def plan_variants(adapter_formats: list[str], base_formats: list[str]) -> list[Variant]:
-    """Each adapter format on each base format, at the trained rank; the matched-bytes ones are added once the
-    budget is known."""
-    return [Variant(_variant_id(f, b), f, b) for b in base_formats for f in adapter_formats]
+def plan_variants(adapter_formats: list[str], base_formats: list[str], train_steps: int = 0) -> list[Variant]:
+    """Each adapter format on each base format, at the trained rank (the sign and ternary formats trained in
+    sign form for `train_steps`); the matched-bytes ones are added once the budget is known."""
+    return [Variant(_variant_id(f, b), f, b, train_steps=_steps(f, train_steps))
+            for b in base_formats for f in adapter_formats]
+
+
+def _steps(fmt: str | None, train_steps: int) -> int:
+    from models.formats.adapter import TRAINABLE
+
+    return train_steps if fmt in TRAINABLE else 0
 
 
 def _adapter_bits(lora: Any, fmt: str) -> int:
@@ -79,7 +87,8 @@ def _adapter_bits(lora: Any, fmt: str) -> int:
     return sum(r.fitted.bits() for r in convert_adapter(lora, fmt))
 
 
-def matched_bytes_variants(lora: Any, adapter_formats: list[str], base_formats: list[str]) -> tuple[list[Variant], int]:
+def matched_bytes_variants(lora: Any, adapter_formats: list[str], base_formats: list[str],
+                           train_steps: int = 0) -> tuple[list[Variant], int]:
     """Each format at the largest rank whose adapter bytes fit LoRDBA's at the trained rank (the budget), on
     each base format."""
     trained = int(lora.config["r"])
@@ -89,7 +98,8 @@ def matched_bytes_variants(lora: Any, adapter_formats: list[str], base_formats: 
         rank = next((r for r in range(trained, 0, -1)
                      if _adapter_bits(lora if r == trained else lora.truncated(r), fmt) <= budget), 1)
         if rank != trained:
-            out += [Variant(_variant_id(fmt, b, rank), fmt, b, rank, "bytes") for b in base_formats]
+            out += [Variant(_variant_id(fmt, b, rank), fmt, b, rank, "bytes", _steps(fmt, train_steps))
+                    for b in base_formats]
     return out, budget // 8
 
 
@@ -132,11 +142,18 @@ def prepare_variants(model: str, adapter: str | None, variants: list[Variant], r
         todo.append((v, key))
     if todo:
         progress(f"fitting and exporting {len(todo)} variants")
-        reference = _reference_outputs(model, adapter, seed)
+        from models.evaluate import reference as unquantised
+
+        reference = unquantised(model, adapter, seed)
         args = [(model, adapter, v, root / "variants", key, reference, tokens, context, phases, seed, rtol)
                 for v, key in todo]
         if workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=get_context("spawn")) as pool:
+            pool_size = min(workers, len(todo))
+            # each process gets its share of the cores: torch's small training ops slow down many-fold when
+            # processes oversubscribe them
+            threads = max(1, (os.cpu_count() or 1) // pool_size)
+            with ProcessPoolExecutor(max_workers=pool_size, mp_context=get_context("spawn"),
+                                     initializer=_torch_threads, initargs=(threads,)) as pool:
                 futures = {pool.submit(_export_job, *a): a[2] for a in args}
                 for n, fut in enumerate(as_completed(futures), 1):
                     out[futures[fut].id] = fut.result()
@@ -148,7 +165,13 @@ def prepare_variants(model: str, adapter: str | None, variants: list[Variant], r
     return {v.id: out[v.id] for v in variants}
 
 
-def _export_job(model: str, adapter: str | None, v: Variant, folder: Path, key: str, reference: np.ndarray,
+def _torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _export_job(model: str, adapter: str | None, v: Variant, folder: Path, key: str, reference: Any,
                 tokens: int, context: int, phases: tuple[str, ...], seed: int, rtol: float) -> dict[str, Any]:
     """One variant's exports and record (variants/ID.json), in a pool process or here."""
     try:
@@ -159,46 +182,42 @@ def _export_job(model: str, adapter: str | None, v: Variant, folder: Path, key: 
     return info
 
 
-def _reference_outputs(model: str, adapter: str | None, seed: int) -> np.ndarray:
-    """The unquantised model's outputs (fp32 base, trained fp32 adapter) that output errors are measured on."""
-    import torch
-
-    from models.variants import apply_formats, load_adapter_for, load_base
-
-    base = load_base(model)
-    apply_formats(base, load_adapter_for(base, adapter), "reference", "fp32")
-    with torch.no_grad():
-        return base.wrapper()(*base.inputs(seed)).numpy()
-
-
-def _export_variant(model: str, adapter: str | None, v: Variant, folder: Path, key: str, reference: np.ndarray,
+def _export_variant(model: str, adapter: str | None, v: Variant, folder: Path, key: str, reference: Any,
                     tokens: int, context: int, phases: tuple[str, ...], seed: int, rtol: float) -> dict[str, Any]:
-    import torch
-
-    from models.peft_io import convert_adapter
-    from models.sign_training import adapter_training_state
-    from models.variants import apply_formats, export_variant, load_adapter_for, load_base, variant_summary
+    """Fit (and train, with v.train_steps) the variant, measure its quality (the plain conversion's too, when it
+    was trained), export each phase, then measure a whole-model training step."""
+    from models.evaluate import quality, training_step
+    from models.perplexity import corpus_tokens, perplexity_onnx
+    from models.variants import (
+        apply_formats,
+        export_variant,
+        load_adapter_for,
+        load_base,
+        train_adapter,
+        variant_summary,
+    )
 
     base = load_base(model)
     trained = lora = load_adapter_for(base, adapter)
     if lora is not None and v.rank:
         lora = lora.truncated(v.rank)
     report = apply_formats(base, lora, v.adapter_format if lora is not None else None, v.base_format)
-    with torch.no_grad():
-        got = base.wrapper()(*base.inputs(seed)).numpy()
-    info = {"key": key, **asdict(v), "status": "ok", **variant_summary(report),
+    corpus = corpus_tokens(base)
+    info = {"key": key, **asdict(v), "status": "ok",
             "rank": v.rank or (int(lora.config["r"]) if lora is not None else None),
-            "output_rel_error": float(np.linalg.norm(got - reference) / np.linalg.norm(reference)),
-            "hidden_size": int(getattr(base.model.config, "hidden_size", 0)), "model_kind": base.kind}
-    if got.ndim == 2:  # sentence embeddings: cosine similarity to the unquantised model's
-        cos = (got * reference).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(reference, axis=-1))
-        info["cosine_similarity"] = float(cos.mean())
+            "hidden_size": int(getattr(base.model.config, "hidden_size", 0)), "model_kind": base.kind,
+            **({"perplexity_corpus": corpus[1]} if corpus else {})}
+    measured = quality(base, reference, seed, corpus[0] if corpus else None)
+    if lora is not None and v.train_steps:
+        info["conversion"] = {**measured, "adapter_rel_error": _adapter_error(trained, report.fitted)}
+        train_adapter(base, lora, report, steps=v.train_steps, seed=seed, seq=tokens)
+        info["training"] = report.training
+        measured = quality(base, reference, seed, corpus[0] if corpus else None)
+    info.update(variant_summary(report))
+    info.update(measured)
     if lora is not None and v.adapter_format:
-        fitted = convert_adapter(lora, v.adapter_format)
-        st = adapter_training_state(v.adapter_format, fitted, tokens)
-        info["training_state"] = {**asdict(st), "total": st.total, "tokens": tokens}
         # against the trained adapter's dW (a truncated adapter's own dW would hide the truncation)
-        info["adapter_rel_error"] = float(np.mean([_rel(trained, r) for r in fitted]))
+        info["adapter_rel_error"] = _adapter_error(trained, report.fitted)
     folder.mkdir(parents=True, exist_ok=True)
     info["exports"] = {}
     for phase in (p for p in base.phases if p in phases):
@@ -206,7 +225,15 @@ def _export_variant(model: str, adapter: str | None, v: Variant, folder: Path, k
         e = export_variant(base, path, force=True, seed=seed, rtol=rtol, phase=phase, context=context)
         shapes = e["inputs"] if phase == "decode" else {n: [1, tokens, *s[2:]] for n, s in e["inputs"].items()}
         info["exports"][phase] = {"path": str(path), "shapes": shapes, "check": e["check"]}
+        if phase == "prefill" and corpus:
+            info["perplexity_onnxruntime"] = perplexity_onnx(path, corpus[0])
+    if lora is not None and v.adapter_format:
+        info["training_state"] = training_step(base, lora, report, tokens, seed)
     return info
+
+
+def _adapter_error(trained: Any, fitted: list[Any]) -> float:
+    return float(np.mean([_rel(trained, r) for r in fitted]))
 
 
 def _rel(trained: Any, fitted: Any) -> float:
@@ -322,7 +349,7 @@ class MatrixResult:
 def compile_matrix(model: str | None, *, adapter: str | None = None, formats: list[str] | None = None,
                    base_formats: list[str] | None = None, targets: list[str] | None = None,
                    tokens: int | None = None, context: int = DEFAULT_CONTEXT, matched_bytes: bool = False,
-                   shapes: dict[str, tuple[int, ...]] | None = None,
+                   train_steps: int | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
                    out: Path | None = None, force: bool = False, workers: int | None = None, runs: int = 20,
                    seed: int = 0, rtol: float = 1e-3, rpc: str | None = None, rpc_key: str | None = None,
                    overhead: bool = True, progress: Progress | None = None) -> MatrixResult:
@@ -331,8 +358,12 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
     Everything is cached by content: an unchanged rerun builds, fits, measures and writes nothing. `force`
     retries cached failures (and replaces an output directory that is not a hwsim matrix). `formats` and
     `base_formats` default to the built-in model's own choice, else DEFAULT_FORMATS x DEFAULT_BASE_FORMATS;
-    `matched_bytes` adds each format at LoRDBA's adapter bytes, on each base."""
+    `matched_bytes` adds each format at LoRDBA's adapter bytes, on each base. `train_steps`: sign-form training
+    of the lordba, ternary and trit-plane adapters (None: DEFAULT_TRAIN_STEPS; 0: the plain
+    conversion; a built-in model may set its own default), the plain conversion's quality recorded beside the
+    trained one's."""
     from hwsim.api import resolve_model
+    from models.formats.adapter import DEFAULT_TRAIN_STEPS
     from models.zoo import DEFAULT_MODEL, ZOO
 
     step = progress or (lambda _m: None)
@@ -347,6 +378,11 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
     if not onnx_file and model not in ZOO and not (Path(model) / "config.json").is_file():
         raise HwsimError(f"{model}: not an .onnx file, a built-in model ({', '.join(sorted(ZOO))}) nor a Hugging Face "
                          "model directory (no config.json)")
+    if train_steps is None:
+        own = ZOO[model].sign_train_steps if model in ZOO else None
+        train_steps = DEFAULT_TRAIN_STEPS if own is None else own
+    if train_steps < 0:
+        raise HwsimError(f"--steps must be 0 or more, got {train_steps}")
     if context < 1:
         raise HwsimError(f"--context must be at least 1 past token, got {context}")
     if adapter and not Path(adapter).is_dir():
@@ -367,7 +403,7 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
     else:
         formats = list(formats if formats is not None else zoo.formats if zoo and zoo.formats else DEFAULT_FORMATS)
         bases = list(base_formats or DEFAULT_BASE_FORMATS)
-        variants, budget = _plan(model, adapter, formats, bases, matched_bytes, root, step)
+        variants, budget = _plan(model, adapter, formats, bases, matched_bytes, train_steps, root, step)
         tokens = tokens or (next(iter(zoo.default_shapes.values()))[1] if zoo else 16)
         info = prepare_variants(model, adapter, variants, root, tokens, context, seed, rtol, force, step,
                                 workers=workers or os.cpu_count() or 1)
@@ -439,7 +475,7 @@ def _cached_json(path: Path, key: str, compute: Callable[[], Any]) -> Any:
 
 
 def _plan(model: str, adapter: str | None, formats: list[str], base_formats: list[str], matched_bytes: bool,
-          root: Path, step: Progress) -> tuple[list[Variant], int | None]:
+          train_steps: int, root: Path, step: Progress) -> tuple[list[Variant], int | None]:
     """The variants (each adapter format on each base format, at matched rank and matched bytes) and the bytes
     budget; cached, since finding the matched-bytes ranks fits every format at several ranks."""
     def compute() -> dict[str, Any]:
@@ -447,15 +483,15 @@ def _plan(model: str, adapter: str | None, formats: list[str], base_formats: lis
 
         step("planning the variants")
         lora = load_adapter_for(load_base(model), adapter)
-        extra, budget = matched_bytes_variants(lora, formats, base_formats) \
+        extra, budget = matched_bytes_variants(lora, formats, base_formats, train_steps) \
             if matched_bytes and lora is not None and "lordba" in formats else ([], None)
-        planned = plan_variants(formats, base_formats) + extra
+        planned = plan_variants(formats, base_formats, train_steps) + extra
         planned.sort(key=lambda v: (base_formats.index(v.base_format), v.matched != "rank",
                                     formats.index(v.adapter_format)))
         return {"variants": [asdict(v) for v in planned], "budget": budget}
 
     key = _key(MATRIX_SCHEMA, "plan", _model_files_hash(model, adapter), formats, base_formats, matched_bytes,
-               source_hash())
+               train_steps, source_hash())
     plan = _cached_json(root / "variants" / "plan.json", key, compute)
     return [Variant(**v) for v in plan["variants"]], plan["budget"]
 

@@ -149,10 +149,12 @@ def convert_adapter(adapter: LoraAdapter, fmt: str, **opts: Any) -> list[ModuleR
 
 
 def save_converted(path: Path, adapter: LoraAdapter, fmt: str, results: list[ModuleResult], *,
-                   force: bool = False, peft_twin: bool = False, source_bytes: int | None = None) -> None:
+                   force: bool = False, peft_twin: bool = False, source_bytes: int | None = None,
+                   training: dict[str, Any] | None = None) -> None:
     """The converted adapter: compact hwsim form + per-module report (+ the dense PEFT twin if asked).
 
-    `source_bytes` is the source adapter_model.safetensors' size, recorded next to the bytes written.
+    `source_bytes` is the source adapter_model.safetensors' size, recorded next to the bytes written;
+    `training` says how the modules were trained in sign form, when they were.
     """
     packed: dict[str, np.ndarray] = {}
     for res in results:
@@ -161,7 +163,8 @@ def save_converted(path: Path, adapter: LoraAdapter, fmt: str, results: list[Mod
     base = sum(r.lora_fp16_bits for r in results)
     report = {"format": fmt, "peft_config": adapter.config, "adapter_bytes": total // 8,
               "lora_fp16_bytes": base // 8, "ratio_vs_lora_fp16": base / total if total else None,
-              "source_bytes": source_bytes, "peft_twin": peft_twin, "modules": [r.row() for r in results]}
+              "source_bytes": source_bytes, "peft_twin": peft_twin, "modules": [r.row() for r in results],
+              **({"training": training} if training else {})}
     with atomic_dir(Path(path), force=force) as tmp:
         if peft_twin:
             _write_peft(tmp, peft_twin_of(adapter, results), "float32")

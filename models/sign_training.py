@@ -2,11 +2,12 @@
 
 Forward: base(x) + u * sign(B~)(mu * sign(A~)(v * x)); backward passes gradients through sign() as if it
 were the identity where |latent| <= 1 (the clipped STE of BinaryConnect / LittleBit). What this costs in
-memory, against an fp16-LoRA branch trained the usual way, is measured by `training_state_bytes`:
-parameters, gradients and Adam moments of the trainable tensors, plus every tensor autograd saves for
-the backward pass (counted with saved-tensor hooks during a real forward). Ternary and trit-plane adapters
-train their latent fp32 factors through BitNet's absmean ternary quantiser with the same STE
-(`TernaryLoraBranch`; a trit-plane adapter's planes are refit from the trained latents afterwards).
+memory, against an fp LoRA branch trained the usual way (fp32 factors, as PEFT keeps them), is measured on a
+real step (`whole_step_state`: the whole model, base frozen; `training_state_bytes`: one branch alone):
+parameters, gradients and Adam moments of the trainable tensors as allocated, every tensor autograd saves for
+the backward pass (saved-tensor hooks, distinct storages) and the frozen weights as stored. Ternary and
+trit-plane adapters train their latent fp32 factors through BitNet's absmean ternary quantiser with the same
+STE (`TernaryLoraBranch`; a trit-plane adapter's latents go through the two-plane fit in the forward instead).
 """
 
 from dataclasses import dataclass
@@ -29,8 +30,14 @@ class _SignSTE(torch.autograd.Function):
         return grad * (w.abs() <= 1).to(grad.dtype)
 
 
+def _fp16(t: torch.Tensor) -> torch.Tensor:
+    """Round to fp16 in the forward (the packed format stores scales in fp16), identity gradient."""
+    return t + (t.half().float() - t).detach()
+
+
 class SignLoraBranch(torch.nn.Module):
-    """The LoRDBA branch with trainable latent factors and channel scales (channel layout)."""
+    """The LoRDBA branch with trainable latent factors and channel scales (channel layout). Its forward is the
+    packed format's (fp16 scales), so the exported adapter computes exactly what was trained."""
 
     def __init__(self, fitted: Lordba):
         super().__init__()
@@ -43,7 +50,7 @@ class SignLoraBranch(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sa, sb = _SignSTE.apply(self.latent_a), _SignSTE.apply(self.latent_b)
-        return ((((x * self.v) @ sa.T) * self.mu) @ sb.T) * self.u
+        return ((((x * _fp16(self.v)) @ sa.T) * _fp16(self.mu)) @ sb.T) * _fp16(self.u)
 
 
 class _TernarySTE(torch.autograd.Function):
@@ -53,6 +60,21 @@ class _TernarySTE(torch.autograd.Function):
     def forward(ctx, w: torch.Tensor) -> torch.Tensor:
         gamma = w.abs().mean().clamp_min(1e-8)
         return (w / gamma).round().clamp(-1, 1) * gamma
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+class _TritPlaneSTE(torch.autograd.Function):
+    """PTQTP's two-plane fit of the latent factor (models/formats/ternary.py), identity gradient."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
+        from models.formats.ternary import TritPlane
+
+        fit = TritPlane.fit(w.detach().double().numpy())
+        return torch.from_numpy(fit.reconstruct().astype(np.float32)).to(w.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
@@ -73,10 +95,15 @@ class LoraBranch(torch.nn.Module):
 
 
 class TernaryLoraBranch(LoraBranch):
-    """A LoRA branch whose factors are ternarised in the forward pass (quantisation-aware training)."""
+    """A LoRA branch whose factors are ternarised in the forward pass (quantisation-aware training); with
+    `planes` 2, each factor is fitted as two trit-planes instead."""
+
+    def __init__(self, a: np.ndarray, b: np.ndarray, scaling: float, planes: int = 1):
+        super().__init__(a, b, scaling)
+        self.quantise = _TernarySTE.apply if planes == 1 else _TritPlaneSTE.apply
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x @ _TernarySTE.apply(self.a).T) @ _TernarySTE.apply(self.b).T * self.scaling
+        return (x @ self.quantise(self.a).T) @ self.quantise(self.b).T * self.scaling
 
 
 @dataclass(frozen=True)
@@ -85,50 +112,54 @@ class TrainingState:
     grads: int
     optimizer: int  # Adam: two moments per trainable element
     saved_activations: int  # what autograd keeps for backward (STE inputs, unpacked signs, activations)
+    frozen_weights: int = 0  # the frozen base (and buffers) as stored, for a whole-model step
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer + self.saved_activations
+        return self.params + self.grads + self.optimizer + self.saved_activations + self.frozen_weights
+
+
+def _storages(tensors) -> dict[int, int]:
+    return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+
+
+def _step_state(model: torch.nn.Module, params: list[torch.nn.Parameter], loss_of) -> TrainingState:
+    """One Adam step of `params` on `loss_of()`, measured: trainable bytes, gradients and optimizer state as
+    allocated, tensors autograd saved for backward (distinct storages that are not weights), and the rest of
+    `model`'s parameters and buffers (frozen)."""
+    trainable = _storages(params)
+    weights = _storages([*model.parameters(), *model.buffers()])
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights and ptr not in trainable:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    opt = torch.optim.Adam(params, lr=0.0)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_of()
+    loss.backward()
+    opt.step()
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
+    moments = sum(t.numel() * t.element_size() for st in opt.state.values() for k, t in st.items()
+                  if k != "step" and isinstance(t, torch.Tensor))
+    for p in params:
+        p.grad = None
+    frozen = sum(n for ptr, n in weights.items() if ptr not in trainable)
+    return TrainingState(sum(trainable.values()), grads, moments, sum(saved.values()), frozen)
 
 
 def training_state_bytes(branch: torch.nn.Module, x: torch.Tensor) -> TrainingState:
-    """Measure one training step's state for `branch` on input `x` (the adapter branch only)."""
+    """One training step's state for `branch` alone on input `x` (no base model)."""
     params = [p for p in branch.parameters() if p.requires_grad]
-    nbytes = sum(p.numel() * p.element_size() for p in params)
-    saved: dict[int, int] = {}
-
-    param_storage = {p.untyped_storage().data_ptr() for p in params}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in param_storage:  # parameters (and views of them) are counted
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = branch(x.requires_grad_(False))
-    y.sum().backward()
-    grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
-    return TrainingState(nbytes, grads, 2 * nbytes, sum(saved.values()))
+    return _step_state(branch, params, lambda: branch(x.requires_grad_(False)).sum())
 
 
-def adapter_training_state(fmt: str, modules: list, tokens: int) -> TrainingState:
-    """One training step's state for a whole adapter in `fmt`, summed over its modules (each fed `tokens`
-    rows of activations); `modules` are models.peft_io.ModuleResult of that format."""
-    from models.formats.lora import LoraFp16
-
-    total = TrainingState(0, 0, 0, 0)
-    for res in modules:
-        f = res.fitted
-        if fmt == "lordba":
-            branch: torch.nn.Module = SignLoraBranch(f)
-        elif fmt == "lora-fp16":
-            assert isinstance(f, LoraFp16)
-            branch = LoraBranch(f.a, f.b, f.scaling)
-        else:  # ternary / tritplane: latent fp32 factors through the ternary STE
-            a, b, s = f.to_lora()
-            branch = TernaryLoraBranch(a, b, s)
-        x = torch.zeros(tokens, res.shape[1])
-        st = training_state_bytes(branch, x)
-        total = TrainingState(total.params + st.params, total.grads + st.grads, total.optimizer + st.optimizer,
-                              total.saved_activations + st.saved_activations)
-    return total
+def whole_step_state(model: torch.nn.Module, run, inputs: tuple[torch.Tensor, ...]) -> TrainingState:
+    """One adapter-training step of the whole model (base frozen, the trainable branches already in place):
+    `run(*inputs)` is its forward (e.g. the prefill wrapper); the loss is a sum over the output, so the figure
+    is the model's, not a loss head's."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return _step_state(model, params, lambda: run(*inputs).float().sum())

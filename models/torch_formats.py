@@ -29,28 +29,24 @@ def _out(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], n))
 
 
-@torch.library.custom_op("hwsim::lordba", mutates_args=())
-def lordba(x: torch.Tensor, signs_a: torch.Tensor, signs_b: torch.Tensor, mu: torch.Tensor, u: torch.Tensor,
+def _lordba(x: torch.Tensor, signs_a: torch.Tensor, signs_b: torch.Tensor, mu: torch.Tensor, u: torch.Tensor,
            v: torch.Tensor) -> torch.Tensor:
     sa, sb = _unpack(signs_a, x.shape[-1], 1), _unpack(signs_b, mu.shape[0], 1)
     return (((x * v.float()) @ sa.T) * mu.float()) @ sb.T * u.float()
 
 
-@torch.library.custom_op("hwsim::lordba_rank", mutates_args=())
-def lordba_rank(x: torch.Tensor, signs_a: torch.Tensor, signs_b: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+def _lordba_rank(x: torch.Tensor, signs_a: torch.Tensor, signs_b: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
     sa, sb = _unpack(signs_a, x.shape[-1], 1), _unpack(signs_b, mu.shape[0], 1)
     return ((x @ sa.T) * mu.float()) @ sb.T
 
 
-@torch.library.custom_op("hwsim::dbf", mutates_args=())
-def dbf(x: torch.Tensor, signs_a: torch.Tensor, signs_b: torch.Tensor, a: torch.Tensor, mu: torch.Tensor,
+def _dbf(x: torch.Tensor, signs_a: torch.Tensor, signs_b: torch.Tensor, a: torch.Tensor, mu: torch.Tensor,
         b: torch.Tensor) -> torch.Tensor:
     sb, sa = _unpack(signs_b, x.shape[-1], 1), _unpack(signs_a, mu.shape[0], 1)
     return ((((x * b.float()) @ sb.T) * mu.float()) @ sa.T) * a.float()
 
 
-@torch.library.custom_op("hwsim::mdbf_path", mutates_args=())
-def mdbf_path(x: torch.Tensor, signs_a: torch.Tensor, signs_b: torch.Tensor, a_amp: torch.Tensor,
+def _mdbf_path(x: torch.Tensor, signs_a: torch.Tensor, signs_b: torch.Tensor, a_amp: torch.Tensor,
               q_u: torch.Tensor, q_v: torch.Tensor, b_amp: torch.Tensor) -> torch.Tensor:
     sb, sa = _unpack(signs_b, x.shape[-1], 1), _unpack(signs_a, q_u.shape[0], 1)
     xs = x.unsqueeze(-2) * b_amp.float().T  # [..., l, in]
@@ -59,16 +55,22 @@ def mdbf_path(x: torch.Tensor, signs_a: torch.Tensor, signs_b: torch.Tensor, a_a
     return ((zs @ sa.T) * a_amp.float().T).sum(-2)
 
 
-@torch.library.custom_op("hwsim::ternary_matmul", mutates_args=())
-def ternary_matmul(x: torch.Tensor, trits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _ternary_matmul(x: torch.Tensor, trits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (x @ _unpack(trits, x.shape[-1], 2).T) * scale
 
 
-@torch.library.custom_op("hwsim::tritplane", mutates_args=())
-def tritplane(x: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, alpha1: torch.Tensor,
+def _tritplane(x: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, alpha1: torch.Tensor,
               alpha2: torch.Tensor) -> torch.Tensor:
     m = x.shape[-1]
     return (x @ _unpack(t1, m, 2).T) * alpha1.float() + (x @ _unpack(t2, m, 2).T) * alpha2.float()
+
+
+lordba = torch.library.custom_op("hwsim::lordba", mutates_args=())(_lordba)
+lordba_rank = torch.library.custom_op("hwsim::lordba_rank", mutates_args=())(_lordba_rank)
+dbf = torch.library.custom_op("hwsim::dbf", mutates_args=())(_dbf)
+mdbf_path = torch.library.custom_op("hwsim::mdbf_path", mutates_args=())(_mdbf_path)
+ternary_matmul = torch.library.custom_op("hwsim::ternary_matmul", mutates_args=())(_ternary_matmul)
+tritplane = torch.library.custom_op("hwsim::tritplane", mutates_args=())(_tritplane)
 
 
 lordba.register_fake(lambda x, sa, sb, mu, u, v: _out(x, sb.shape[0]))
@@ -77,6 +79,27 @@ dbf.register_fake(lambda x, sa, sb, a, mu, b: _out(x, sa.shape[0]))
 mdbf_path.register_fake(lambda x, sa, sb, aa, qu, qv, ba: _out(x, sa.shape[0]))
 ternary_matmul.register_fake(lambda x, t, s: _out(x, t.shape[0]))
 tritplane.register_fake(lambda x, t1, t2, a1, a2: _out(x, t1.shape[0]))
+
+
+def _grad_in_x(impl):
+    """Autograd for an op in x only (its packed weights are constants): the gradient of its own torch body.
+    Sign-form training backpropagates through the frozen low-bit base layers."""
+    def setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad: torch.Tensor) -> tuple:
+        x, *rest = ctx.saved_tensors
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            (gx,) = torch.autograd.grad(impl(xr, *rest), xr, grad)
+        return (gx, *[None] * len(rest))
+    return setup, backward
+
+
+for _op, _impl in ((lordba, _lordba), (lordba_rank, _lordba_rank), (dbf, _dbf), (mdbf_path, _mdbf_path),
+                   (ternary_matmul, _ternary_matmul), (tritplane, _tritplane)):
+    _setup, _backward = _grad_in_x(_impl)
+    _op.register_autograd(_backward, setup_context=_setup)
 
 
 # --- translations for the dynamo exporter: each emits one bare ai.hwsim node ---------------------------

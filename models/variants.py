@@ -123,7 +123,7 @@ def load_base(model: str) -> Base:
     return Base(model, kind, hf, adapter, path)
 
 
-def _module_path(peft_name: str) -> str:
+def module_path(peft_name: str) -> str:
     return peft_name.removeprefix("base_model.model.")
 
 
@@ -143,13 +143,16 @@ class VariantReport:
     adapter_rel_error: float = 0.0  # mean over modules of ||dW - dW_hat|| / ||dW||
     base_rel_error: float = 0.0
     modules: list[dict[str, Any]] = field(default_factory=list)
+    fitted: list[Any] = field(default_factory=list)  # the adapter's ModuleResults (not in the summary)
+    training: dict[str, Any] | None = None  # sign-form training, when it ran (models/sign_distill.py)
 
 
 def apply_formats(base: Base, adapter: LoraAdapter | None, adapter_format: str | None, base_format: str,
                   base_opts: dict[str, Any] | None = None, adapter_opts: dict[str, Any] | None = None) -> VariantReport:
     """Replace base linears and attach the adapter branch in place; returns bytes and errors.
 
-    `base_opts` (bpw, iters) apply to the binary factorisations dbf and mdbf.
+    `base_opts` (bpw, iters, importance) apply to the binary factorisations dbf and mdbf; importance
+    "calibration" weights each layer's input channels by their RMS on the model's held-in task inputs.
     adapter_format "reference" attaches the trained adapter itself in fp32: the unquantised model that
     output errors are measured against.
     """
@@ -160,13 +163,15 @@ def apply_formats(base: Base, adapter: LoraAdapter | None, adapter_format: str |
     report = VariantReport(adapter_format, base_format)
     model = base.model
     if adapter is not None:
-        missing = [m for m in adapter.modules if not _has_linear(model, _module_path(m))]
+        missing = [m for m in adapter.modules if not _has_linear(model, module_path(m))]
         if missing:
-            raise HwsimError(f"the adapter targets module '{_module_path(missing[0])}', which {base.name} does not "
+            raise HwsimError(f"the adapter targets module '{module_path(missing[0])}', which {base.name} does not "
                              f"have as a linear layer (target_modules: {adapter.config.get('target_modules')})")
     base_errors = []
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
                and not any(s in n for s in _SKIP_BASE)]
+    opts = dict(base_opts or {}) if base_format in ("dbf", "mdbf") else {}
+    rms = _input_rms(base, [n for n, _ in linears]) if opts.pop("importance", "none") == "calibration" else {}
     for name, lin in linears:
         w = lin.weight.detach().numpy()
         report.base_fp16_bits += 16 * w.size
@@ -177,7 +182,7 @@ def apply_formats(base: Base, adapter: LoraAdapter | None, adapter_format: str |
             new: torch.nn.Module = HalfLinear(lin)
             report.base_bits += 16 * w.size
         else:
-            f = fit_base(w, base_format, **(base_opts or {} if base_format in ("dbf", "mdbf") else {}))
+            f = fit_base(w, base_format, **opts, **({"importance": rms[name]} if name in rms else {}))
             new = FormatLinear(f, lin.bias)
             report.base_bits += f.bits()
             base_errors.append(f.report.rel_error)
@@ -185,19 +190,62 @@ def apply_formats(base: Base, adapter: LoraAdapter | None, adapter_format: str |
     report.base_rel_error = float(np.mean(base_errors)) if base_errors else 0.0
     if adapter is not None and adapter_format == "reference":
         for module, (a, b) in adapter.modules.items():
-            path = _module_path(module)
+            path = module_path(module)
             branch = Fp32LoraBranch(a, b, adapter.scaling(module))
             model.set_submodule(path, AdaptedLinear(model.get_submodule(path), branch))
     elif adapter is not None and adapter_format is not None:
         results = convert_adapter(adapter, adapter_format, **(adapter_opts or {}))
         for res in results:
-            path = _module_path(res.name)
+            path = module_path(res.name)
             model.set_submodule(path, AdaptedLinear(model.get_submodule(path), branch_module(res.fitted)))
             report.adapter_bits += res.fitted.bits()
             report.lora_fp16_bits += res.lora_fp16_bits
             report.modules.append(res.row())
         report.adapter_rel_error = float(np.mean([r.fitted.report.rel_error for r in results]))
+        report.fitted = results
     return report
+
+
+def train_adapter(base: Base, adapter: LoraAdapter, report: VariantReport, *, steps: int, seed: int = 0,
+                  seq: int = 16, progress: Any = None) -> None:
+    """Sign-form training of the converted adapter `apply_formats` attached (models/sign_distill.py); the
+    model's branches become the trained, packed ones and `report` says so."""
+    from models.formats.adapter import TRAINABLE
+    from models.sign_distill import distill
+
+    if report.adapter_format not in TRAINABLE:
+        raise HwsimError(f"--train applies to {', '.join(TRAINABLE)} adapters, not {report.adapter_format}")
+    trained, info = distill(base, adapter, report.fitted, steps=steps, seed=seed, seq=seq, progress=progress)
+    info["conversion_adapter_rel_error"] = report.adapter_rel_error
+    report.fitted, report.training = trained, info
+    report.modules = [r.row() for r in trained]
+    report.adapter_bits = sum(r.fitted.bits() for r in trained)
+    report.adapter_rel_error = float(np.mean([r.fitted.report.rel_error for r in trained]))
+
+
+def _input_rms(base: Base, names: list[str]) -> dict[str, np.ndarray]:
+    """Each named linear's input-channel RMS over calibration batches (models/tasks.py), by forward hooks."""
+    from models.tasks import train_batches
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(_m: torch.nn.Module, args: tuple, _out: Any) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sums[name] = sums.get(name, 0) + (x * x).sum(0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return record
+
+    handles = [base.model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    try:
+        with torch.no_grad():
+            for batch in train_batches(base, 4, 8, 16):
+                base.wrapper()(*batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: torch.sqrt(sums[n] / counts[n]).numpy() for n in sums}
 
 
 def _has_linear(model: torch.nn.Module, path: str) -> bool:
@@ -265,7 +313,7 @@ def export_variant(base: Base, path: Path, *, force: bool = False, seed: int = 0
 
 
 def variant_summary(report: VariantReport) -> dict[str, Any]:
-    d = {k: v for k, v in report.__dict__.items() if k != "modules"}
+    d = {k: v for k, v in report.__dict__.items() if k not in ("modules", "fitted", "training")}
     d["adapter_ratio_vs_lora_fp16"] = report.lora_fp16_bits / report.adapter_bits if report.adapter_bits else None
     d["base_ratio_vs_fp16"] = report.base_fp16_bits / report.base_bits if report.base_bits else None
     return json.loads(json.dumps(d))

@@ -44,6 +44,7 @@ class ZooModel:
     default_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     formats: tuple[str, ...] = ()  # the matrix's adapter formats; () = hwsim.matrix.DEFAULT_FORMATS
     scaled: tuple[tuple[str, Any], ...] = ()  # the report scales per-block figures: (("layers", 32), ("of", ...))
+    sign_train_steps: int | None = None  # the matrix's sign-form training steps; None: DEFAULT_TRAIN_STEPS
 
 
 ZOO: dict[str, ZooModel] = {
@@ -71,6 +72,7 @@ ZOO: dict[str, ZooModel] = {
         ZooSpec("smollm2", ("q_proj", "v_proj"), train_steps=30, train_lr=1e-3),
         {"input_ids": (1, 16)},
         formats=("lora-fp16", "lordba"),
+        sign_train_steps=50,  # a step of the 135M model is ~2 s on 2 cores
     ),
     "llama2-7b-block": ZooModel(
         "llama2-7b-block",
@@ -84,6 +86,7 @@ ZOO: dict[str, ZooModel] = {
         {"hidden_states": (1, 16, 4096)},
         formats=("lora-fp16", "lordba"),
         scaled=(("layers", 32), ("of", "Llama-2-7B (32 decoder blocks; embedding and LM head not included)")),
+        sign_train_steps=0,  # a seeded block has no task to distil on, and a training step of it costs seconds
     ),
 }
 DEFAULT_MODEL = "tiny-llama"

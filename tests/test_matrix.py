@@ -153,7 +153,7 @@ def test_every_adapter_format_on_every_base_format(tmp_path: Path) -> None:
     out = tmp_path / "out"
     code, stdout, stderr = run("compile", str(base), "--adapter", str(adapter), "--formats", "lora-fp16,lordba",
                                "--base-formats", "fp16,ternary", "--target", "sacc-32x32", "--tokens", "8",
-                               "--context", "16", "--matched-bytes", "--out", str(out))
+                               "--context", "16", "--matched-bytes", "--steps", "5", "--out", str(out))
     assert code == 0, stderr
     matrix = json.loads((out / "matrix.json").read_text())
     ids = [v["id"] for v in matrix["variants"]]
@@ -168,6 +168,9 @@ def test_every_adapter_format_on_every_base_format(tmp_path: Path) -> None:
             ops = json.loads((out / v["id"] / "sacc-32x32" / phase / "manifest.json").read_text())["ir"]["ops"]
             assert ops.get("TERNARY_ACCUMULATE", 0) == (layers if v["base_format"] == "ternary" else 0)
             assert ops.get("SIGN_ACCUMULATE", 0) == (2 * layers if v["adapter_format"] == "lordba" else 0)
+    trained = {v["id"]: v["training"]["steps"] for v in matrix["variants"] if v.get("training")}
+    assert trained == {"lordba+fp16": 5, "lordba+ternary": 5}  # sign-form training, the fp LoRA untouched
+    assert all("output_rel_error" in v["conversion"] for v in matrix["variants"] if v.get("training"))
     results = json.loads((out / "results.json").read_text())
     base_bytes = {a["variant"]: a["base_weight_bytes"]["value"] for a in results["adapters"]}
     assert base_bytes["lordba+ternary"] < base_bytes["lordba+fp16"] / 4

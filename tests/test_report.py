@@ -59,6 +59,13 @@ def test_results_follow_the_schema_with_provenance_everywhere(matrix_dir: Path) 
     assert adapters["lordba"]["adapter_ratio_vs_lora_fp16"]["value"] > 7
     assert adapters["lora-fp16@r2"]["adapter_bytes"]["value"] <= adapters["lordba"]["adapter_bytes"]["value"]
     assert all(adapters[v]["training_state_bytes"]["value"] > 0 for v in adapters)
+    # LoRDBA trained in sign form by default: its quality beside the plain conversion's, perplexity both ways
+    acc = adapters["lordba"]["accuracy"]
+    assert adapters["lordba"]["training"]["steps"] == 100 and "training" not in adapters["lora-fp16"]
+    assert acc["output_rel_error"]["value"] < acc["conversion_output_rel_error"]["value"]
+    assert {"task_accuracy", "conversion_task_accuracy", "perplexity_torch", "perplexity_onnxruntime"} <= set(acc)
+    assert acc["perplexity_onnxruntime"]["value"] == pytest.approx(acc["perplexity_torch"]["value"], rel=1e-4)
+    assert "pydoc_data" in acc["perplexity_torch"]["source"]
     swap = cells[("lordba", "sacc-32x32")]["hot_swap"]
     assert {h["link"] for h in swap} == {"emmc_read", "dram_copy"}
     assert swap[0]["seconds"]["value"] == pytest.approx(8320 / 250e6)
@@ -129,7 +136,8 @@ def test_minilm_report_agrees_with_the_formats_library_and_the_kernel_benchmark(
     from hwsim.overhead import branch_overhead
     from models.variants import evaluate_variants
 
-    compile_matrix("minilm", formats=["lora-fp16", "lordba"], targets=["host"], out=tmp_path / "o", runs=5)
+    compile_matrix("minilm", formats=["lora-fp16", "lordba"], targets=["host"], out=tmp_path / "o", runs=5,
+                   train_steps=10)
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     adapters = {a["variant"]: a for a in results["adapters"]}
     library = {r["adapter_format"]: r for r in evaluate_variants("minilm", None, [("lora-fp16", "fp32"),

@@ -20,6 +20,24 @@ from targets import cite_energy, known_targets, load_target
 RESULTS_SCHEMA = "hwsim.results/1"
 
 
+def _accuracy(m: dict[str, Any], variant: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Quality figures of a variant record (or of its plain conversion, `m` = its "conversion" part)."""
+    v = variant or m
+    held_in = "torch, held-in inputs, vs fp32 base + fp32 adapter"
+    corpus = v.get("perplexity_corpus") or {}
+    text = (f"{corpus.get('corpus')}, Python {corpus.get('python')} (sha256 {corpus.get('sha256')}), "
+            f"{corpus.get('windows')} x {corpus.get('length')} tokens, {corpus.get('tokens')}")
+    out = {k: figure(m.get(k), "relative", "measured", held_in)
+           for k in ("adapter_rel_error", "base_rel_error", "output_rel_error", "cosine_similarity")
+           if m.get(k) is not None}
+    if m.get("task_accuracy") is not None:
+        out["task_accuracy"] = figure(m["task_accuracy"], "fraction", "measured", "torch, models/tasks.py")
+    for k, how in (("perplexity_torch", "torch"), ("perplexity_onnxruntime", "onnxruntime on the prefill ONNX")):
+        if m.get(k) is not None:
+            out[k] = figure(m[k], "perplexity", "measured", f"{how}; {text}")
+    return out
+
+
 def figure(value: float | None, unit: str, provenance: str, source: str) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -177,12 +195,13 @@ def collect(root: Path) -> dict[str, Any]:
             ts = v.get("training_state")
             if ts:
                 row["training_state_bytes"] = figure(ts["total"], "bytes", "measured",
-                                                     f"one training step's state, {ts['tokens']} tokens per module "
+                                                     f"one adapter-training step of the whole model, base frozen, "
+                                                     f"{ts['tokens']} tokens: {ts.get('counted', '')} "
                                                      "(models/sign_training.py)")
-            acc_src = "torch, held-in inputs, vs fp32 base + fp32 adapter"
-            row["accuracy"] = {k: figure(v.get(k), "relative", "measured", acc_src)
-                               for k in ("adapter_rel_error", "base_rel_error", "output_rel_error",
-                                         "cosine_similarity") if v.get(k) is not None}
+            row["accuracy"] = _accuracy(v)
+            if v.get("conversion"):  # trained in sign form: the plain conversion's figures, labelled
+                row["accuracy"] |= {f"conversion_{k}": f for k, f in _accuracy(v["conversion"], v).items()}
+                row["training"] = {k: x for k, x in v["training"].items() if k != "loss_trace"}
         adapters.append(row)
     for cell in cells.values():  # hot swap: the variant's adapter over each link of the target
         v = variants[cell["variant"]]

@@ -33,8 +33,10 @@ def fmt(f: dict[str, Any] | None, digits: int = 3) -> str:
         text = f"{v:,.0f} B"
     elif unit == "ratio":
         text = f"{v:.3g}x"
-    elif unit == "relative":
+    elif unit in ("relative", "fraction"):
         text = f"{v:.4f}"
+    elif unit == "perplexity":
+        text = f"{v:.2f}"
     else:
         text = f"{v:.{digits}g} {unit}"
     return f"{text} [{PROV[f['provenance']]}]"
@@ -106,9 +108,10 @@ def sections(r: dict[str, Any]) -> list[Section]:
                if budget and budget.get("value") is not None else "")
     out.append(Section("memory", "Memory", "Base weight and adapter bytes from the packed arrays; vs fp16 LoRA: its "
                        f"adapter bytes at the trained rank on the same base over the variant's.{matched} Training "
-                       "state: parameters, "
-                       "gradients, Adam moments and the tensors autograd saves, for one step of on-device adapter "
-                       "updates. Second table: peak activation bytes (IR liveness).", [mem, peak], ["footprint"]))
+                       "state: parameters, gradients, Adam moments, the tensors autograd saves and the frozen base as "
+                       "stored, measured on one step of on-device adapter training of the whole model (the fp LoRA "
+                       "baseline trains fp32 factors, as PEFT keeps them; the other formats their sign-form latents "
+                       "and scales). Second table: peak activation bytes (IR liveness).", [mem, peak], ["footprint"]))
 
     energy = Table(["variant"] + [f"{t} {p}" for t in targets for p in phases], [])
     for v in variants:
@@ -131,14 +134,7 @@ def sections(r: dict[str, Any]) -> list[Section]:
     if r.get("scaled"):
         out.append(_scaled_section(r["scaled"], variants, targets, phases))
 
-    acc = Table(["variant", "adapter rec. error", "base rec. error", "output rel. error", "cosine"], [])
-    for v in variants:
-        a = adapters[v].get("accuracy", {})
-        acc.rows.append([v] + [fmt(a.get(k)) for k in ("adapter_rel_error", "base_rel_error", "output_rel_error",
-                                                      "cosine_similarity")])
-    out.append(Section("accuracy", "Accuracy cost", "Reconstruction errors of the adapter's dW and the base weights, "
-                       "and the output error on held-in inputs, against the unquantised model (fp32 base + the "
-                       "trained adapter in fp32).", [acc]))
+    out.append(_accuracy_section(variants, adapters))
 
     swap = Table(["variant", "target", "bytes to ship", "time per link"], [])
     for v in variants:
@@ -236,3 +232,30 @@ def to_markdown(secs: list[Section], title: str, images: dict[str, bytes]) -> st
         lines += [f"![{name}](plots/{name}.png)" for name in s.plots if name in images]
         lines.append("")
     return "\n".join(lines)
+
+
+_ACC = ("adapter_rel_error", "base_rel_error", "output_rel_error", "cosine_similarity", "task_accuracy",
+        "perplexity_torch", "perplexity_onnxruntime")
+
+
+def _accuracy_section(variants: list[str], adapters: dict[str, Any]) -> Section:
+    """Quality per variant; a variant trained in sign form is followed by its plain conversion, labelled."""
+    acc = Table(["variant", "adapter rec. error", "base rec. error", "output rel. error", "cosine", "task accuracy",
+                 "perplexity (torch)", "perplexity (onnxruntime)"], [])
+    trained = []
+    for v in variants:
+        a = adapters[v].get("accuracy", {})
+        t = adapters[v].get("training")
+        acc.rows.append([f"{v} (trained, {t['steps']} steps)" if t else v] + [fmt(a.get(k)) for k in _ACC])
+        if t:
+            trained.append(v)
+            acc.rows.append([f"{v} (plain conversion)"] + [fmt(a.get(f"conversion_{k}")) for k in _ACC])
+    text = ("Reconstruction errors of the adapter's dW and the base weights, and the output error on held-in "
+            "inputs, against the unquantised model (fp32 base + the trained adapter in fp32); the task accuracy on "
+            "the adapter's task (models/tasks.py); perplexity of causal LMs on CPython's pydoc_data topics "
+            "corpus (offline), from the torch model and from the exported ONNX in onnxruntime.")
+    if trained:
+        text += (" Sign-form training (models/sign_distill.py) distils the converted adapter from the fp LoRA's "
+                 "outputs on the same base; the plain conversion's row is what the conversion alone gives (torch "
+                 "only: it is not built). Training fits outputs, not dW, so its adapter rec. error may rise.")
+    return Section("accuracy", "Accuracy cost", text, [acc])

@@ -66,6 +66,8 @@ class FactorAdapter(WeightFormat):
 
 
 ADAPTER_FORMATS = ("lora-fp16", "lordba", "ternary", "tritplane")
+TRAINABLE = ("lordba", "ternary", "tritplane")  # trained in sign form by models/sign_distill.py
+DEFAULT_TRAIN_STEPS = 100
 
 
 def fit_adapter(fmt: str, a: np.ndarray, b: np.ndarray, scaling: float, **opts: Any) -> WeightFormat:

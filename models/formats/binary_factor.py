@@ -95,6 +95,21 @@ def _factor_path(w: np.ndarray, r: int, l: int, iters: int) -> tuple[np.ndarray,
     return best[1], best[2], trace
 
 
+def _importance(importance: np.ndarray | None, m: int) -> np.ndarray:
+    """Input-channel weights normalised to mean 1 (floored at 1e-3 of it: a dead channel keeps a scale)."""
+    if importance is None:
+        return np.ones(m)
+    s = np.asarray(importance, np.float64).reshape(-1)
+    if s.shape != (m,) or not np.all(np.isfinite(s)) or np.any(s < 0) or not s.any():
+        raise ValueError(f"importance needs {m} finite non-negative weights, not all zero")
+    s = s / s.mean()
+    return np.maximum(s, 1e-3)
+
+
+def _weighted_error(w: np.ndarray, w_hat: np.ndarray, s: np.ndarray, importance: np.ndarray | None) -> dict:
+    return {} if importance is None else {"weighted_rel_error": rel_error(w * s, w_hat * s)}
+
+
 @dataclass
 class MdbfPath:
     sa: np.ndarray  # int8 [n, r]
@@ -129,8 +144,13 @@ class Mdbf(WeightFormat):
         self.report = report or FitReport(float("nan"))
 
     @classmethod
-    def fit(cls, w: np.ndarray, *, bpw: float = 1.0, l: int = 2, paths: int = 1, iters: int = 20) -> Self:  # noqa: E741
-        w = np.asarray(w, np.float64)
+    def fit(cls, w: np.ndarray, *, bpw: float = 1.0, l: int = 2, paths: int = 1, iters: int = 20,  # noqa: E741
+            importance: np.ndarray | None = None) -> Self:
+        """`importance` [in]: per-input-channel weights (calibration: the RMS of each input channel); the fit
+        minimises ||(W - W_hat) diag(importance)|| and folds 1 / importance into the right envelope."""
+        w0 = np.asarray(w, np.float64)
+        s = _importance(importance, w0.shape[1])
+        w = w0 * s
         n, m = w.shape
         r = mdbf_rank(n, m, bpw, l, paths)
         residual, fitted, traces = w.copy(), [], []
@@ -138,12 +158,15 @@ class Mdbf(WeightFormat):
             f, g, trace = _factor_path(residual, r, l, iters)
             ef, eg = svid(f, l), svid(g, l)
             path = MdbfPath(ef.signs, eg.signs, *(e.astype(np.float16) for e in (ef.left, ef.right, eg.left, eg.right)))
+            residual = residual - path.f() @ path.g()
+            path.b_amp = (eg.right / s[:, None]).astype(np.float16)  # W' = W diag(s): undo it on the input side
             fitted.append(path)
             traces.append([round(e, 5) for e in trace])
-            residual = residual - path.f() @ path.g()
         out = cls(fitted)
-        out.report = FitReport(rel_error(w, out.reconstruct()),
-                               {"rank": r, "l": l, "paths": paths, "bpw_budget": bpw, "error_trace": traces})
+        out.report = FitReport(rel_error(w0, out.reconstruct()),
+                               {"rank": r, "l": l, "paths": paths, "bpw_budget": bpw, "iters": iters,
+                                "weighted": importance is not None, "error_trace": traces,
+                                **_weighted_error(w0, out.reconstruct(), s, importance)})
         return out
 
     @property
@@ -192,8 +215,12 @@ class Dbf(WeightFormat):
         self.report = report or FitReport(float("nan"))
 
     @classmethod
-    def fit(cls, w: np.ndarray, *, bpw: float = 1.0, iters: int = 20, sweeps: int = 3) -> Self:
-        w = np.asarray(w, np.float64)
+    def fit(cls, w: np.ndarray, *, bpw: float = 1.0, iters: int = 20, sweeps: int = 3,
+            importance: np.ndarray | None = None) -> Self:
+        """`importance` as in Mdbf.fit: the fit weights input channels, b absorbs 1 / importance."""
+        w0 = np.asarray(w, np.float64)
+        s = _importance(importance, w0.shape[1])
+        w = w0 * s
         n, m = w.shape
         k = dbf_rank(n, m, bpw)
         f, g, trace = _factor_path(w, k, 1, iters)
@@ -201,9 +228,11 @@ class Dbf(WeightFormat):
         a, mu, b = ef.left[:, 0], ef.right[:, 0] * eg.left[:, 0], eg.right[:, 0]
         sa, sb = ef.signs.astype(np.float64), eg.signs.astype(np.float64)
         a, mu, b = refit_three(w, sa, sb, a, mu, b, sweeps)
-        out = cls(ef.signs, eg.signs, a, mu, b)
-        out.report = FitReport(rel_error(w, out.reconstruct()),
-                               {"k": k, "bpw_budget": bpw, "error_trace": [round(e, 5) for e in trace]})
+        out = cls(ef.signs, eg.signs, a, mu, b / s)
+        out.report = FitReport(rel_error(w0, out.reconstruct()),
+                               {"k": k, "bpw_budget": bpw, "iters": iters, "weighted": importance is not None,
+                                "error_trace": [round(e, 5) for e in trace],
+                                **_weighted_error(w0, out.reconstruct(), s, importance)})
         return out
 
     @property
