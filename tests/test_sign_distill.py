@@ -119,8 +119,10 @@ def test_gradients_flow_through_every_low_bit_base_layer() -> None:
 
     w = RNG.standard_normal((32, 48))
     for f in (Ternary.fit(w), TritPlane.fit(w), Dbf.fit(w, bpw=2.0, iters=3), Mdbf.fit(w, bpw=2.0, iters=3)):
-        x = torch.randn(5, 48, requires_grad=True)
+        x = torch.from_numpy(RNG.standard_normal((5, 48))).float().requires_grad_(True)
         FormatLinear(f, None)(x).pow(2).sum().backward()
         dense = x.detach().clone().requires_grad_(True)
         (dense @ torch.from_numpy(f.reconstruct()).float().T).pow(2).sum().backward()
-        torch.testing.assert_close(x.grad, dense.grad, rtol=1e-5, atol=1e-5)
+        # fp32 sums in a different order: compare against the gradient's scale, not element by element at 1e-5
+        scale = float(dense.grad.abs().max())
+        torch.testing.assert_close(x.grad, dense.grad, rtol=1e-4, atol=1e-5 * scale)
