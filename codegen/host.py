@@ -15,6 +15,16 @@ from codegen.schedules.guard import Guarded
 from codegen.schedules.reduction import SharedRows, Staged
 from targets import Target
 
+# TVM's runtime sizes its thread pool, on first use, to half the logical CPUs unless TVM_NUM_THREADS says
+# otherwise (it assumes two hardware threads per core): on a 2-vCPU machine without SMT every build ran on
+# one thread, timed against onnxruntime on two. Every CPU the OS gives us is a core to use.
+os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+def runtime_threads() -> int:
+    """The threads TVM's runtime runs parallel loops on in this process."""
+    return int(tvm.get_global_func("runtime.NumThreads")())
+
 
 def tvm_target(target: Target) -> tvm.target.Target:
     """The TVM target dict for a target spec; 'native' resolves to this machine's CPU name."""

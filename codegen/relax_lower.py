@@ -1,7 +1,7 @@
 """Lower an hwsim IR graph to a Relax module: one converter per IR op, no detour through ONNX."""
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -152,6 +152,63 @@ def _accumulate_kernel(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVa
     return R.astype(y, dtype) if dtype != "float32" else y
 
 
+def _weight_source(v: Value, producers: dict[int, Node]) -> tuple[Value, bool, list[Node]] | None:
+    """The constant behind a matmul operand reached through 2-D transposes and fp16 -> fp32 casts (how an
+    exported linear layer's weight arrives: [out, in] transposed, an fp16 base cast up), whether it is
+    transposed on the way, and the nodes passed; None where the operand is not such a constant."""
+    chain: list[Node] = []
+    transposed = False
+    while not v.is_const:
+        p = producers.get(id(v))
+        if p is None or p.op not in (Op.CAST, Op.TRANSPOSE):
+            return None
+        if p.op is Op.TRANSPOSE and tuple(p.attrs["perm"]) != (1, 0):
+            return None
+        if p.op is Op.CAST and (p.inputs[0].type.dtype.value, p.outputs[0].type.dtype.value) != ("float16", "float32"):
+            return None  # only a lossless widening may be skipped
+        transposed ^= p.op is Op.TRANSPOSE
+        chain.append(p)
+        v = p.inputs[0]
+    return v, transposed, chain
+
+
+def _panel_weights(n: Node, producers: dict[int, Node], target: tvm.target.Target | None
+                   ) -> tuple[np.ndarray, list[Node]] | None:
+    """The constant [K, N] weights of a MATMUL that runs as the CPU's prepacked dense kernel
+    (codegen/kernels/dense.py), with the transposes and casts it reads them through, or None. It needs an
+    LLVM target, fp32/fp16 activations and a constant of their type, or an fp16 constant cast up to fp32
+    (an fp16 base, which then stays fp16 in memory)."""
+    from codegen.kernels.dense import PANEL_DTYPES, panel_cols
+
+    x = n.inputs[0]
+    source = _weight_source(n.inputs[1], producers)
+    if target is None or target.kind.name != "llvm" or x.type.dtype.value not in PANEL_DTYPES or source is None:
+        return None
+    w, transposed, chain = source
+    if len(w.type.shape) != 2 or w.type.dtype.value not in PANEL_DTYPES:
+        return None
+    data = w.data.T if transposed else w.data
+    k, outs = data.shape
+    return (data, chain) if k >= 8 and panel_cols(outs, target) is not None else None
+
+
+def _dense_matmul(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x: relax.Expr, n: Node,
+                  w: np.ndarray, target: tvm.target.Target) -> relax.Expr:
+    """MATMUL by constant weights through the prepacked dense kernel, the weights re-laid out at build time."""
+    from codegen.kernels.dense import dense_kernel, panel_cols, panel_layout
+
+    v = n.inputs[0]
+    (k, outs), xt, wt = w.shape, v.type.dtype.value, str(w.dtype)
+    rows = int(np.prod(v.type.shape[:-1]))
+    name = f"dense_{xt}_{wt}_{rows}x{outs}x{k}"
+    if name not in kernels:
+        kernels[name] = bb.add_func(dense_kernel(rows, k, outs, xt, wt, name, target), name)
+    h = _reshape(x, v.type.shape, [rows, k])
+    packed = relax.const(panel_layout(w, panel_cols(outs, target)))
+    y = relax.call_tir(kernels[name], [h, packed], relax.TensorType((rows, outs), xt))
+    return _reshape(y, (rows, outs), list(n.outputs[0].type.shape))
+
+
 def _gelu(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
     return R.nn.gelu_tanh(x[0]) if a["approximate"] == "tanh" else R.nn.gelu(x[0])
 
@@ -219,6 +276,23 @@ assert set(LOWERINGS) == set(Op), f"ops without a Relax lowering: {set(Op) - set
 assert set(LOWERINGS) >= OpGroup.UNARY
 
 
+def _unused(graph: Graph, readers: Iterable[int], chains: list[Node]) -> set[int]:
+    """The weight-transform nodes (a cast, a transpose) that only the prepacked matmuls `readers` (node ids)
+    and other such nodes read: those matmuls read the constant itself, so these are not emitted."""
+    consumers, outputs = graph.consumers(), {id(v) for v in graph.outputs}
+    skip, done = set(), set(readers)
+    changed = True
+    while changed:
+        changed = False
+        for c in chains:
+            if id(c) not in skip and id(c.outputs[0]) not in outputs and \
+                    all(id(m) in done for m in consumers.get(id(c.outputs[0]), [])):
+                skip.add(id(c))
+                done.add(id(c))
+                changed = True
+    return skip
+
+
 def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IRModule":
     """Build a Relax module whose `main` takes the graph inputs (in order) and returns its outputs.
     `target` picks the accumulate kernels' algorithm (lookup tables need AVX2 or NEON shuffles)."""
@@ -226,6 +300,10 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
     params = [relax.Var(_identifier(v.name), relax.TensorType(v.type.shape, v.type.dtype.value)) for v in graph.inputs]
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
     kernels: dict[str, relax.GlobalVar] = {}
+    producers = {id(v): n for n in graph.nodes for v in n.outputs}
+    panels = {id(n): p for n in graph.nodes if n.op is Op.MATMUL
+              and (p := _panel_weights(n, producers, target)) is not None}
+    skip = _unused(graph, panels.keys(), [c for _, chain in panels.values() for c in chain])
 
     def arg(v: Value) -> relax.Expr:
         if id(v) not in env:
@@ -235,10 +313,17 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
     with bb.function("main", params):
         with bb.dataflow():
             for n in graph.nodes:
+                if id(n) in skip:
+                    continue
+                if id(n) in panels:
+                    expr = _dense_matmul(bb, kernels, arg(n.inputs[0]), n, panels[id(n)][0], target)
+                    env[id(n.outputs[0])] = bb.emit(expr, name_hint=_identifier(n.outputs[0].name))
+                    continue
                 args = [arg(v) for v in n.inputs]
-                packed_kernel = n.op in OpGroup.ACCUMULATE and _packed_kernel_fits(n)
-                expr = _accumulate_kernel(bb, kernels, args, n, target) if packed_kernel \
-                    else LOWERINGS[n.op](args, n.attrs, n)
+                if n.op in OpGroup.ACCUMULATE and _packed_kernel_fits(n):
+                    expr = _accumulate_kernel(bb, kernels, args, n, target)
+                else:
+                    expr = LOWERINGS[n.op](args, n.attrs, n)
                 if len(n.outputs) == 1:
                     env[id(n.outputs[0])] = bb.emit(expr, name_hint=_identifier(n.outputs[0].name))
                 else:

@@ -7,7 +7,8 @@ kernel its build launches. Assumptions, stated in every result: each node reads 
 outputs through DRAM (no fusion, no cache reuse: an upper bound on traffic, which matters for the small
 elementwise nodes TVM fuses), constants at their stored size (packed bits for accumulate ops), nodes computed
 from constants alone (a weight's cast and transpose) folded at compile time as TVM's FoldConstant does (no
-run-time cost; consumers read the folded constant, so an fp16 weight cast to fp32 is read at 4 bytes), every op at
+run-time cost; consumers read the folded constant, so an fp16 weight cast to fp32 is read at 4 bytes, except by
+a CPU's matmuls, which read the fp16 constant itself), every op at
 the fp32 rate (CPU: cores x FMA pipes x fp32 lanes x 2; GPU: the fp32 SIMT rate, since the kernels TVM's
 dlight rules generate here do not use tensor cores). Matmul ops are 2*M*N*K; accumulate ops 2*M*N*K too
 (decoded +-1 weights go through FMAs).
@@ -26,8 +27,8 @@ from targets import Target, energy_record
 
 ASSUMPTIONS = ("unfused: each IR node reads its inputs and writes its outputs in DRAM; fp32 rate for all ops "
                "(no tensor cores in these kernels); nodes of constants alone folded at compile time (TVM "
-               "FoldConstant: an fp16 weight cast to fp32 is read at 4 bytes); GPUs: one launch overhead per kernel "
-               "launch of the build; "
+               "FoldConstant: an fp16 weight cast to fp32 is read at 4 bytes, by CPU matmuls at 2); GPUs: one "
+               "launch overhead per kernel launch of the build; "
                "energy: matmul MACs at the operands' MAC pJ, sign/ternary accumulate adds at fp32_add_pj, other "
                "float ops at one FMA per 2 ops, integer ops at int32_add_pj, data movement free, every byte moved "
                "at dram_pj_per_byte")
@@ -113,16 +114,36 @@ def folded_at_compile_time(graph: Graph) -> set[int]:
     return folded
 
 
+def stored_weights(graph: Graph, folded: set[int]) -> dict[int, int]:
+    """Folded values that are an fp16 constant cast up to fp32 and transposed (an fp16 base's weight): id ->
+    the constant's stored bytes. CPU builds run matmuls by such weights on the fp16 constant itself
+    (codegen/kernels/dense.py), reading 2 bytes a weight, not the folded 4."""
+    stored: dict[int, int] = {}
+    for n in graph.nodes:
+        if id(n) not in folded or n.op not in (Op.CAST, Op.TRANSPOSE):
+            continue
+        src = n.inputs[0]
+        if n.op is Op.CAST and src.is_const and (src.type.dtype, n.outputs[0].type.dtype) == (DType.FLOAT16,
+                                                                                               DType.FLOAT32):
+            stored[id(n.outputs[0])] = src.type.nbytes
+        elif n.op is Op.TRANSPOSE and id(src) in stored:
+            stored[id(n.outputs[0])] = stored[id(src)]
+    return stored
+
+
 def estimate(graph: Graph, spec: Target, launches: int = 0) -> dict:
     """The whole graph on `spec` (a CPU or GPU target): latency, energy (with the table it used), and the ten
     most expensive nodes."""
     bandwidth, rate = _rates(spec)
     rows, compute_pj, memory_pj = [], 0.0, 0.0
     folded = folded_at_compile_time(graph)
+    stored = stored_weights(graph, folded) if spec.cpu is not None else {}
     for n in graph.nodes:
         if n.op is Op.RESHAPE or id(n) in folded:  # a view, or computed at build time: no kernel, no traffic
             continue
         ops, moved = node_ops(n), node_bytes(n)
+        if n.op is Op.MATMUL:
+            moved -= sum(v.type.nbytes - stored[id(v)] for v in n.inputs[1:] if id(v) in stored)
         mem_s, compute_s = moved / bandwidth, ops / rate
         rows.append(NodeEstimate(n.name, n.op.name, ops, moved, max(mem_s, compute_s) * 1e3,
                                  "memory" if mem_s >= compute_s else "compute"))

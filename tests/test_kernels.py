@@ -242,3 +242,64 @@ def test_one_token_rms_norm_reduces_once() -> None:
     got = run_scheduled(func, Staged(), [xs, hs, gs], (1, 1, d))
     want = hs / np.sqrt(xs.sum() / d + 1e-6) * gs
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [DType.FLOAT32, DType.FLOAT16, "fp16 weights cast up"])
+@pytest.mark.parametrize("shape, n, k", [((1, 1, 576), 192, 576), ((1, 256), 1024, 256), ((1, 40), 48, 40),
+                                         ((16, 96), 80, 96), ((2, 3, 64), 64, 64)])
+def test_matmul_by_constant_weights_runs_on_prepacked_panels(dtype: DType | str, shape: tuple[int, ...], n: int,
+                                                             k: int) -> None:
+    """Linear layers (constant weights) go through the dense kernel, their weights packed into panels at build
+    time; fp16 reads fp16 weights, and an fp16 constant cast up to fp32 (an fp16 base) stays fp16 in memory,
+    its cast not emitted. Sizes: a GQA k/v projection, a parallel GEMV, a one-vector panel, prefill rows, a
+    batched activation."""
+    from codegen.kernels.dense import panel_cols, panel_layout
+
+    rng = np.random.default_rng(6)
+    xt = DType.FLOAT32 if dtype == "fp16 weights cast up" else dtype
+    wt = DType.FLOAT16 if dtype == "fp16 weights cast up" else dtype
+    w = Value.const("w", rng.standard_normal((k, n)).astype(wt.numpy))
+    x, y = Value("x", TensorType(shape, xt)), Value("y", TensorType((*shape[:-1], n), xt))
+    nodes = [Node(Op.MATMUL, [x, w], [y])]
+    if wt is not xt:  # as exported: the [out, in] fp16 weight cast up, then transposed
+        w = Value.const("w", np.ascontiguousarray(w.data.T))
+        w32, wt32 = Value("w32", TensorType((n, k), xt)), Value("wt32", TensorType((k, n), xt))
+        nodes = [Node(Op.CAST, [w], [w32], {"to": xt}), Node(Op.TRANSPOSE, [w32], [wt32], {"perm": (1, 0)}),
+                 Node(Op.MATMUL, [x, wt32], [y])]
+    graph = Graph("g", [x], [y], nodes)
+    mod = to_relax(graph, HOST)
+    assert any(gv.name_hint.startswith(f"dense_{xt.value}_{wt.value}") for gv in mod.functions)
+    assert "float16" not in mod.script() or wt is DType.FLOAT16
+    assert "astype" not in mod.script() and "permute_dims" not in mod.script()
+    xs = rng.standard_normal(shape).astype(xt.numpy)
+    got = host.run(relax.VirtualMachine(host.build(mod, HOST), tvm.cpu()), [xs])[0]
+    want = interp.run(graph, {"x": xs})[0]
+    assert got.dtype == want.dtype and got.shape == want.shape
+    tol = 2e-3 if xt is DType.FLOAT16 else 1e-5
+    np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=tol,
+                               atol=tol * np.abs(want.astype(np.float32)).max())
+    cols, dense = panel_cols(n, HOST), w.data.T if wt is not xt else w.data
+    assert panel_layout(dense, cols)[n // cols - 1, 2, 3] == dense[2, n - cols + 3]
+
+
+def test_matmul_by_a_runtime_operand_keeps_the_gemm_schedule() -> None:
+    x, b = Value("x", TensorType((1, 64), DType.FLOAT32)), Value("b", TensorType((64, 32), DType.FLOAT32))
+    y = Value("y", TensorType((1, 32), DType.FLOAT32))
+    graph = Graph("g", [x, b], [y], [Node(Op.MATMUL, [x, b], [y])])
+    assert not any(gv.name_hint.startswith("dense_") for gv in to_relax(graph, HOST).functions)
+
+
+def test_roofline_reads_an_fp16_base_weight_at_its_stored_size_on_cpus() -> None:
+    """The CPU's dense kernel reads an fp16 weight cast up to fp32 as fp16 (2 bytes); a GPU build reads the
+    folded fp32 constant (4)."""
+    from hwsim import roofline
+
+    k, n = 256, 512
+    w = Value.const("w", np.ones((n, k), np.float16))
+    w32, wt = Value("w32", TensorType((n, k), DType.FLOAT32)), Value("wt", TensorType((k, n), DType.FLOAT32))
+    x, y = Value("x", TensorType((1, k), DType.FLOAT32)), Value("y", TensorType((1, n), DType.FLOAT32))
+    graph = Graph("g", [x], [y], [Node(Op.CAST, [w], [w32], {"to": DType.FLOAT32}),
+                                  Node(Op.TRANSPOSE, [w32], [wt], {"perm": (1, 0)}), Node(Op.MATMUL, [x, wt], [y])])
+    activations = 4 * (k + n)
+    assert roofline.estimate(graph, load_target("host"))["bytes"] == 2 * k * n + activations
+    assert roofline.estimate(graph, load_target("nvidia-h100"))["bytes"] == 4 * k * n + activations

@@ -42,12 +42,18 @@ def register_tile(target: Target) -> tuple[int, int]:
     return 8, lanes
 
 
+def tile_cols(n: int, target: Target) -> int:
+    """Columns of the register tile: a few vectors of accumulators where N allows."""
+    lanes = register_tile(target)[1]
+    return _divisor(n, (4 * lanes, 2 * lanes, lanes, 4)) or 1
+
+
 def block_gemm(sch: s_tir.Schedule, block: SBlockRV, ext: list[int], target: Target,
                stage_b: Callable[[LoopRV], None] | None = None, epilogues: tuple = ()) -> None:
     """Tile the reduction `block` (loops *batch, i, j, k with extents `ext`) into the register-blocked,
     K-paneled GEMM; `stage_b(ko)` may stage the B panel under the K-panel loop (pack or unpack it)."""
     accumulators, lanes = register_tile(target)
-    cols = _divisor(ext[-2], (4 * lanes, 2 * lanes, lanes, 4)) or 1
+    cols = tile_cols(ext[-2], target)
     rows = _divisor(ext[-3], tuple(r for r in (8, 4, 2, 1) if r * max(cols // lanes, 1) <= accumulators) or (1,))
     *batch, i, j, k = sch.get_loops(block)
     # Threads take column panels; when there are too few (a rank-16 LoRA down-projection has one), they
