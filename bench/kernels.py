@@ -6,7 +6,7 @@ Every contestant goes through one harness (bench/harness.py): a prepared call wr
 output (TVM: the kernel's function; onnxruntime: I/O binding, one shared thread pool; torch: `mm(out=)`),
 timed in the same Python loop, its output checked after each mode. Cold cache rotates weight copies that
 together stream more than twice the last-level cache, so each call reads its weights from DRAM; the DRAM
-read bandwidth is measured in the same run (torch's parallel sum over 1 GiB) and each cold figure is also
+read bandwidth is measured in the same run (a streaming read of 1 GiB, bench/harness.py) and each cold figure is also
 given as weight bytes per call / time, as a fraction of it. Figures are `measured` on this machine in one
 run with one thread count; compare ratios, not absolute times (the machines are shared and noisy).
 

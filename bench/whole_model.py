@@ -141,7 +141,7 @@ def main() -> None:
 
     pairs = [tuple(v.split("+")) for v in args.variants.split(",")]
     bandwidth = dram_read_gbs(t)
-    print(f"DRAM read bandwidth, measured: {bandwidth:.1f} GB/s ({t} threads)")
+    print(f"DRAM read bandwidth, measured (streaming read): {bandwidth:.1f} GB/s ({t} threads)")
     rows = []
     for fmt, base in pairs:
         print(f"building {args.model} {fmt} on a {base} base for the host (cached after the first run)")
