@@ -12,7 +12,9 @@ weights as each contestant stores them (hwsim keeps an fp16 base in fp16; onnxru
 fp32 at load) per decode call over its time, beside the DRAM read bandwidth measured in the same run.
 Every figure is `measured` on this machine, in one run: compare ratios, not absolute times.
 
-llama.cpp is not a contestant yet (issue 18): building it from the sdist's vendored source is not wired in.
+With --llama-cpp, llama.cpp joins (bench/llamacpp.py: built from the llama-cpp-python sdist's vendored
+source; the zoo model's base as GGUF F32, F16, Q4_0, TQ2_0 and TQ1_0; timed by its own llama-bench after the
+other contestants' rounds, on the base alone since llama-bench loads no adapter).
 
     .venv/bin/python bench/whole_model.py [--model smollm2-135m] [--threads 2] [--rounds 5]
         [--variants lora-fp16+fp32,lora-fp16+fp16,lordba+ternary] [--out bench/results/whole_model.json]
@@ -120,6 +122,29 @@ def _context(graph, phase: str) -> int:
     return graph.inputs[1].type.shape[3] if phase == "decode" else 0
 
 
+def llama_cpp_rows(model: str, threads: int, reps: int, rows: list[dict]) -> list[dict]:
+    """llama.cpp on the model's base weights, each GGUF type, the same phases as the hwsim rows."""
+    import llamacpp
+
+    from models.zoo import zoo_dir
+
+    shapes = {r["phase"]: r["tokens"] for r in rows}
+    context = 128
+    print("building llama.cpp from the llama-cpp-python sdist and converting the model (cached after the first run)")
+    binaries = llamacpp.build(threads)
+    out = []
+    for kind, (path, fallbacks) in llamacpp.gguf_files(zoo_dir(model) / "base", model, binaries).items():
+        ms = llamacpp.bench(binaries, path, threads, shapes.get("prefill", 16), context, reps)
+        for phase, tokens in shapes.items():
+            out.append({"variant": f"base only ({kind})", "phase": phase, "tokens": tokens,
+                        "contestant": f"llama.cpp {kind}" + (f" ({fallbacks} tensors fell back)" if fallbacks else ""),
+                        "ms": ms[phase], "ms_per_token": ms[phase] / tokens, "tokens_per_s": tokens * 1e3 / ms[phase],
+                        "weight_bytes": path.stat().st_size,
+                        "weights_gbs": path.stat().st_size / ms[phase] / 1e6 if phase == "decode" else None,
+                        "hwsim_speedup": None, "timed_by": "llama-bench"})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
@@ -129,6 +154,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each figure is their median")
     p.add_argument("--calls", type=int, default=10, help="timed calls per contestant and round")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--llama-cpp", action="store_true",
+                   help="also build and time llama.cpp on the model's base (downloads the llama-cpp-python sdist)")
     p.add_argument("--out", type=Path, default=Path("bench/results/whole_model.json"))
     args = p.parse_args()
     t = args.threads
@@ -163,6 +190,8 @@ def main() -> None:
                              "weight_bytes": q.c.weight_bytes,
                              "weights_gbs": q.c.weight_bytes / ms[name] / 1e6 if phase == "decode" else None,
                              "hwsim_speedup": ms[name] / ms["hwsim"]})
+    if args.llama_cpp:
+        rows += llama_cpp_rows(args.model, t, args.rounds, rows)
     table = Table(title=f"{args.model}, measured on {cpu_name()}, {t} threads (DRAM read {bandwidth:.1f} GB/s)")
     for col in ("variant", "phase", "contestant", "ms", "ms/token", "tokens/s", "weights GB/s", "% DRAM",
                 "hwsim speed-up"):
@@ -171,7 +200,8 @@ def main() -> None:
         gbs = r["weights_gbs"]
         table.add_row(r["variant"], r["phase"], r["contestant"], f"{r['ms']:.2f}", f"{r['ms_per_token']:.2f}",
                       f"{r['tokens_per_s']:.1f}", f"{gbs:.1f}" if gbs else "-",
-                      f"{100 * gbs / bandwidth:.0f}%" if gbs else "-", f"{r['hwsim_speedup']:.2f}x")
+                      f"{100 * gbs / bandwidth:.0f}%" if gbs else "-",
+                      f"{r['hwsim_speedup']:.2f}x" if r["hwsim_speedup"] else "-")
     Console(width=200).print(table)
     result = {"provenance": "measured", "device": f"host: {cpu_name()}, {t} threads", "model": args.model,
               "rounds": args.rounds, "calls": args.calls, "dram_read_gbs": bandwidth, "rows": rows}
