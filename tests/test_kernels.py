@@ -303,3 +303,20 @@ def test_roofline_reads_an_fp16_base_weight_at_its_stored_size_on_cpus() -> None
     activations = 4 * (k + n)
     assert roofline.estimate(graph, load_target("host"))["bytes"] == 2 * k * n + activations
     assert roofline.estimate(graph, load_target("nvidia-h100"))["bytes"] == 4 * k * n + activations
+
+
+def test_a_weight_transform_read_elsewhere_is_still_emitted() -> None:
+    """The prepacked matmul reads the constant itself; the transposed weight that another op also reads (here
+    an output) must still be computed."""
+    k, n = 64, 32
+    w = Value.const("w", np.arange(k * n, dtype=np.float32).reshape(n, k) / (k * n))
+    wt = Value("wt", TensorType((k, n), DType.FLOAT32))
+    x, y = Value("x", TensorType((1, k), DType.FLOAT32)), Value("y", TensorType((1, n), DType.FLOAT32))
+    graph = Graph("g", [x], [y, wt], [Node(Op.TRANSPOSE, [w], [wt], {"perm": (1, 0)}), Node(Op.MATMUL, [x, wt], [y])])
+    mod = to_relax(graph, HOST)
+    assert any(gv.name_hint.startswith("dense_") for gv in mod.functions)
+    xs = np.random.default_rng(7).standard_normal((1, k)).astype(np.float32)
+    got = host.run(relax.VirtualMachine(host.build(mod, HOST), tvm.cpu()), [xs])
+    want = interp.run(graph, {"x": xs})
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
