@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from harness import Contestant, Prepared, dram_read_gbs, last_level_cache_bytes
 
+from hwsim.artifacts import write_atomic
 from hwsim.overhead import branch_overhead, interleaved
 
 
@@ -255,9 +256,7 @@ def main() -> None:
               f"{100 * pre['lora_fp16_overhead_by_difference']:.1f}%)")
         result["prefill"] = pre
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

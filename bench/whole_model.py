@@ -35,46 +35,45 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(H
 
 from harness import Contestant, Prepared, dram_read_gbs  # noqa: E402
 
+from hwsim.artifacts import write_atomic  # noqa: E402
 from hwsim.overhead import interleaved  # noqa: E402
 
 
 def _bytes_read(graph, fold_casts: bool) -> int:
     """Bytes of the constants the graph's matmuls and accumulations read per call: hwsim's view (an fp16
-    weight cast up stays fp16), or with every cast of a constant folded (onnxruntime's, at 4 bytes)."""
-    from hwsim.ir import Op, OpGroup
+    weight cast up stays fp16), or with every such cast folded (onnxruntime's: the weight read at fp32)."""
+    from hwsim.ir import Op, OpGroup, weight_source
 
-    producers = {id(v): n for n in graph.nodes for v in n.outputs}
-    total, seen = 0, set()
+    read: dict[int, int] = {}
     for n in graph.nodes:
-        if n.op is not Op.MATMUL and n.op not in OpGroup.ACCUMULATE:
-            continue
-        for v in n.inputs[1:]:
-            scale = 1.0
-            while not v.is_const and id(v) in producers and producers[id(v)].op in (Op.CAST, Op.TRANSPOSE):
-                p = producers[id(v)]
-                if p.op is Op.CAST and fold_casts:
-                    scale *= p.outputs[0].type.dtype.numpy.itemsize / p.inputs[0].type.dtype.numpy.itemsize
-                v = p.inputs[0]
-            if v.is_const and id(v) not in seen:
-                seen.add(id(v))
-                total += int(v.data.nbytes * scale)
-    return total
+        if n.op is Op.MATMUL or n.op in OpGroup.ACCUMULATE:
+            for v in n.inputs[1:]:
+                if (s := weight_source(v)) is not None:
+                    read[id(s.const)] = v.type.nbytes if fold_casts and s.widened else s.const.type.nbytes
+    return sum(read.values())
 
 
-def contestants(model: str, variant: dict, phase: str, build: Path, threads: int, seed: int):
+def formatted_base(model: str, variant: dict):
+    """The variant's torch model (the torch contestant), loaded and formatted once for all its phases."""
+    from models.variants import apply_formats, load_adapter_for, load_base
+
+    base = load_base(model)
+    apply_formats(base, load_adapter_for(base, None), variant["adapter_format"], variant["base_format"])
+    return base
+
+
+def contestants(base, variant: dict, phase: str, build: Path, threads: int, seed: int):
     """hwsim, onnxruntime and torch on one variant and phase, with the shared inputs and the reference logits."""
     import onnxruntime as ort
     import torch
+    import tvm
 
     from codegen import host
     from hwsim.api import import_graph, resolve_model
-    from models.variants import apply_formats, load_adapter_for, load_base
 
     onnx_path = variant["exports"][phase]["path"]
     shapes = {k: tuple(v) for k, v in variant["exports"][phase]["shapes"].items()}
     graph = import_graph(resolve_model(onnx_path), shapes)
-    base = load_base(model)
-    apply_formats(base, load_adapter_for(base, None), variant["adapter_format"], variant["base_format"])
     wrapper = base.wrapper(phase)
     args = base.inputs(seed, batch=1, seq=graph.inputs[0].type.shape[1], phase=phase, context=_context(graph, phase))
     feeds = [a.numpy() for a in args]
@@ -88,7 +87,7 @@ def contestants(model: str, variant: dict, phase: str, build: Path, threads: int
 
     def make_hwsim(_copy: int):
         vm = host.load(build / "model.so")
-        ins, out = [host.tvm.runtime.tensor(x) for x in feeds], [None]
+        ins, out = [tvm.runtime.tensor(x) for x in feeds], [None]
 
         def call() -> None:
             out[0] = vm["main"](*ins)
@@ -175,11 +174,12 @@ def main() -> None:
         res = compile_matrix(args.model, formats=[fmt], base_formats=[base], targets=["host"], train_steps=0,
                              out=Path("build/bench-models") / args.model, overhead=False)
         variant = next(v for v in res.matrix["variants"] if v["adapter_format"] == fmt and v["base_format"] == base)
+        torch_model = formatted_base(args.model, variant)
         for phase in variant["exports"]:
             job = next(j for j in res.matrix["jobs"] if j["variant"] == variant["id"] and j["phase"] == phase)
             if job["status"] != "ok":
                 raise SystemExit(f"{variant['id']} ({phase}) did not build: {job.get('error')}")
-            cs, ref = contestants(args.model, variant, phase, res.root / job["dir"], t, args.seed)
+            cs, ref = contestants(torch_model, variant, phase, res.root / job["dir"], t, args.seed)
             prepared = {c.name: Prepared(c, ref, 0, cold=False) for c in cs}
             ms = interleaved({n: (lambda q=q: q.measure("warm", args.calls)) for n, q in prepared.items()},
                              args.rounds)
@@ -206,9 +206,7 @@ def main() -> None:
     result = {"provenance": "measured", "device": f"host: {cpu_name()}, {t} threads", "model": args.model,
               "rounds": args.rounds, "calls": args.calls, "dram_read_gbs": bandwidth, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_atomic(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

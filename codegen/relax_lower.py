@@ -9,7 +9,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
-from hwsim.ir import Graph, Node, Op, OpGroup, Value, accumulate_inputs
+from hwsim.ir import Graph, Node, Op, OpGroup, Value, accumulate_inputs, weight_source
 
 Lowering = Callable[[list[relax.Expr], dict[str, Any], Node], relax.Expr]
 
@@ -152,44 +152,23 @@ def _accumulate_kernel(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVa
     return R.astype(y, dtype) if dtype != "float32" else y
 
 
-def _weight_source(v: Value, producers: dict[int, Node]) -> tuple[Value, bool, list[Node]] | None:
-    """The constant behind a matmul operand reached through 2-D transposes and fp16 -> fp32 casts (how an
-    exported linear layer's weight arrives: [out, in] transposed, an fp16 base cast up), whether it is
-    transposed on the way, and the nodes passed; None where the operand is not such a constant."""
-    chain: list[Node] = []
-    transposed = False
-    while not v.is_const:
-        p = producers.get(id(v))
-        if p is None or p.op not in (Op.CAST, Op.TRANSPOSE):
-            return None
-        if p.op is Op.TRANSPOSE and tuple(p.attrs["perm"]) != (1, 0):
-            return None
-        if p.op is Op.CAST and (p.inputs[0].type.dtype.value, p.outputs[0].type.dtype.value) != ("float16", "float32"):
-            return None  # only a lossless widening may be skipped
-        transposed ^= p.op is Op.TRANSPOSE
-        chain.append(p)
-        v = p.inputs[0]
-    return v, transposed, chain
-
-
-def _panel_weights(n: Node, producers: dict[int, Node], target: tvm.target.Target | None
-                   ) -> tuple[np.ndarray, list[Node]] | None:
+def _panel_weights(n: Node, target: tvm.target.Target | None) -> tuple[np.ndarray, tuple[Node, ...]] | None:
     """The constant [K, N] weights of a MATMUL that runs as the CPU's prepacked dense kernel
-    (codegen/kernels/dense.py), with the transposes and casts it reads them through, or None. It needs an
-    LLVM target, fp32/fp16 activations and a constant of their type, or an fp16 constant cast up to fp32
-    (an fp16 base, which then stays fp16 in memory)."""
+    (codegen/kernels/dense.py), with the transposes and casts it reads them through (hwsim.ir.weight_source),
+    or None. It needs an LLVM target, fp32/fp16 activations and a constant of their type, or an fp16 constant
+    cast up to fp32 (an fp16 base, which then stays fp16 in memory)."""
     from codegen.kernels.dense import PANEL_DTYPES, panel_cols
 
     x = n.inputs[0]
-    source = _weight_source(n.inputs[1], producers)
+    source = weight_source(n.inputs[1])
     if target is None or target.kind.name != "llvm" or x.type.dtype.value not in PANEL_DTYPES or source is None:
         return None
-    w, transposed, chain = source
+    w = source.const
     if len(w.type.shape) != 2 or w.type.dtype.value not in PANEL_DTYPES:
         return None
-    data = w.data.T if transposed else w.data
+    data = w.data.T if source.transposed else w.data
     k, outs = data.shape
-    return (data, chain) if k >= 8 and panel_cols(outs, target) is not None else None
+    return (data, source.chain) if k >= 8 and panel_cols(outs, target) is not None else None
 
 
 def _dense_matmul(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x: relax.Expr, n: Node,
@@ -276,7 +255,7 @@ assert set(LOWERINGS) == set(Op), f"ops without a Relax lowering: {set(Op) - set
 assert set(LOWERINGS) >= OpGroup.UNARY
 
 
-def _unused(graph: Graph, readers: Iterable[int], chains: list[Node]) -> set[int]:
+def _unused(graph: Graph, readers: Iterable[int], chains: Iterable[Node]) -> set[int]:
     """The weight-transform nodes (a cast, a transpose) that only the prepacked matmuls `readers` (node ids)
     and other such nodes read: those matmuls read the constant itself, so these are not emitted."""
     consumers, outputs = graph.consumers(), {id(v) for v in graph.outputs}
@@ -300,9 +279,7 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
     params = [relax.Var(_identifier(v.name), relax.TensorType(v.type.shape, v.type.dtype.value)) for v in graph.inputs]
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
     kernels: dict[str, relax.GlobalVar] = {}
-    producers = {id(v): n for n in graph.nodes for v in n.outputs}
-    panels = {id(n): p for n in graph.nodes if n.op is Op.MATMUL
-              and (p := _panel_weights(n, producers, target)) is not None}
+    panels = {id(n): p for n in graph.nodes if n.op is Op.MATMUL and (p := _panel_weights(n, target)) is not None}
     skip = _unused(graph, panels.keys(), [c for _, chain in panels.values() for c in chain])
 
     def arg(v: Value) -> relax.Expr:

@@ -22,7 +22,7 @@ the DRAM pJ/byte (no cache reuse, as for the latency).
 
 from dataclasses import asdict, dataclass
 
-from hwsim.ir import DType, Graph, Node, Op, OpGroup
+from hwsim.ir import DType, Graph, Node, Op, OpGroup, weight_source
 from targets import Target, energy_record
 
 ASSUMPTIONS = ("unfused: each IR node reads its inputs and writes its outputs in DRAM; fp32 rate for all ops "
@@ -114,36 +114,19 @@ def folded_at_compile_time(graph: Graph) -> set[int]:
     return folded
 
 
-def stored_weights(graph: Graph, folded: set[int]) -> dict[int, int]:
-    """Folded values that are an fp16 constant cast up to fp32 and transposed (an fp16 base's weight): id ->
-    the constant's stored bytes. CPU builds run matmuls by such weights on the fp16 constant itself
-    (codegen/kernels/dense.py), reading 2 bytes a weight, not the folded 4."""
-    stored: dict[int, int] = {}
-    for n in graph.nodes:
-        if id(n) not in folded or n.op not in (Op.CAST, Op.TRANSPOSE):
-            continue
-        src = n.inputs[0]
-        if n.op is Op.CAST and src.is_const and (src.type.dtype, n.outputs[0].type.dtype) == (DType.FLOAT16,
-                                                                                               DType.FLOAT32):
-            stored[id(n.outputs[0])] = src.type.nbytes
-        elif n.op is Op.TRANSPOSE and id(src) in stored:
-            stored[id(n.outputs[0])] = stored[id(src)]
-    return stored
-
-
 def estimate(graph: Graph, spec: Target, launches: int = 0) -> dict:
     """The whole graph on `spec` (a CPU or GPU target): latency, energy (with the table it used), and the ten
     most expensive nodes."""
     bandwidth, rate = _rates(spec)
     rows, compute_pj, memory_pj = [], 0.0, 0.0
     folded = folded_at_compile_time(graph)
-    stored = stored_weights(graph, folded) if spec.cpu is not None else {}
     for n in graph.nodes:
         if n.op is Op.RESHAPE or id(n) in folded:  # a view, or computed at build time: no kernel, no traffic
             continue
         ops, moved = node_ops(n), node_bytes(n)
-        if n.op is Op.MATMUL:
-            moved -= sum(v.type.nbytes - stored[id(v)] for v in n.inputs[1:] if id(v) in stored)
+        if n.op is Op.MATMUL and spec.cpu is not None:  # CPU matmuls read an fp16 base's constant itself
+            moved -= sum(v.type.nbytes - s.const.type.nbytes for v in n.inputs[1:]
+                         if (s := weight_source(v)) is not None and s.widened)
         mem_s, compute_s = moved / bandwidth, ops / rate
         rows.append(NodeEstimate(n.name, n.op.name, ops, moved, max(mem_s, compute_s) * 1e3,
                                  "memory" if mem_s >= compute_s else "compute"))

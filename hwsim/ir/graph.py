@@ -94,6 +94,35 @@ class Layer:
     lowered: bool = False
 
 
+@dataclass(frozen=True)
+class WeightSource:
+    """The constant behind a matmul operand, and how the graph reaches it (see weight_source)."""
+
+    const: Value
+    transposed: bool  # an odd number of 2-D transposes on the way
+    widened: bool  # cast from fp16 up to fp32 on the way (an fp16 base)
+    chain: tuple[Node, ...]  # the casts and transposes passed, consumer first
+
+
+def weight_source(v: Value) -> WeightSource | None:
+    """The constant behind `v` reached through 2-D transposes and fp16 -> fp32 casts, which is how an exported
+    linear layer's weight arrives ([out, in] transposed, an fp16 base cast up); None for anything else. A
+    backend may read the constant itself: the transposes are a layout, the widening is lossless."""
+    chain: list[Node] = []
+    while not v.is_const:
+        p = v.producer
+        if p is None or p.op not in (Op.CAST, Op.TRANSPOSE) or len(p.inputs) != 1:
+            return None
+        if p.op is Op.TRANSPOSE and tuple(p.attrs["perm"]) != (1, 0):
+            return None
+        if p.op is Op.CAST and (p.inputs[0].type.dtype, p.outputs[0].type.dtype) != (DType.FLOAT16, DType.FLOAT32):
+            return None
+        chain.append(p)
+        v = p.inputs[0]
+    return WeightSource(v, sum(n.op is Op.TRANSPOSE for n in chain) % 2 == 1,
+                        any(n.op is Op.CAST for n in chain), tuple(chain))
+
+
 class Graph:
     """Inputs, outputs and nodes in topological order. Constants hang off the nodes that use them."""
 
