@@ -13,6 +13,7 @@ from codegen import host
 from codegen.kernels import LUT_MIN_DEPTH, LUT_MIN_ROWS, UNPACK_MIN_TOKENS, Fused, choose_accumulate, shuffle_isas
 from codegen.kernels.accumulate import accumulate_kernel
 from codegen.kernels.lut import lut_kernel, lut_layout
+from codegen.kernels.lut_vnni import vnni_kernel, vnni_layout
 from codegen.kernels.unpack import unpack_kernel
 from codegen.relax_lower import to_relax
 from codegen.schedules.cpu import Elementwise, Matmul
@@ -50,6 +51,27 @@ def test_lut_kernel_matches_numpy(isa: str, bits: int, m: int, n: int, k: int) -
     # 24-bit tables: as exact as fp32 summation in another order (int16 tables were 3e-5 per matmul, which 30
     # layers of a ternary base compound past the verifier's 1e-3: smollm2-135m decode)
     assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+@pytest.mark.parametrize("m, n, k", [(1, 64, 256), (3, 32, 544), (2, 48, 32), (1, 576, 576)])
+def test_vnni_lut_kernel_matches_numpy(bits: int, m: int, n: int, k: int) -> None:
+    if "avx512vnni" not in shuffle_isas(HOST):
+        pytest.skip("this CPU lacks AVX-512 VBMI + VNNI: the vpermb/vpdpbusd LUT kernel cannot run here")
+    w = weights(bits, n, k)
+    x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    got = run_kernel(vnni_kernel(m, n, k, "k", planes=bits), x, vnni_layout(w, bits), n)
+    ref = x @ w.T.astype(np.float32)
+    assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()  # the same 24-bit tables as the AVX2 kernel
+
+
+def test_vnni_layout_puts_row_and_group_in_byte_lanes() -> None:
+    """Byte 4r + j of pair qp: row r's sign nibble of group 4(2qp) + j low, of group 4(2qp + 1) + j high."""
+    w = -np.ones((16, 32), np.int64)
+    w[5, 4 * 6 + 2] = 1  # row 5, group 6 = quad 1 (the high nibble), j = 2, weight bit 2
+    out = vnni_layout(w, 1)
+    assert out.shape == (1, 1, 1, 1, 1, 64) and np.flatnonzero(out).tolist() == [4 * 5 + 2]
+    assert out.ravel()[22] == 4 << 4
 
 
 def test_lut_kernel_is_exact_on_zero_input() -> None:
@@ -104,7 +126,10 @@ def test_dispatch_by_shape_and_target() -> None:
     assert choose_accumulate(1, 1, LUT_MIN_ROWS // 2, 64, HOST, small).algorithm == "select"  # tables dominate
     generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})  # SSE2 only: no byte shuffle
     assert choose_accumulate(1, 1, 64, 64, generic, packed).algorithm == "select"
-    assert "_lut_ssse3_" in choose_accumulate(1, 1, 48, 64, HOST, pack_signs(weights(1, 48, 64))).name
+    # N = 48: not whole AVX2 registers; K = 72 not whole vpermb quad pairs: the SSSE3 kernel
+    assert "_lut_ssse3_" in choose_accumulate(1, 1, 48, 72, HOST, pack_signs(weights(1, 48, 72))).name
+    if "avx512vnni" in shuffle_isas(HOST):
+        assert "_lut_avx512vnni_" in choose_accumulate(1, 1, 48, 64, HOST, pack_signs(weights(1, 48, 64))).name
 
 
 def test_dispatch_at_prefill() -> None:

@@ -1,0 +1,151 @@
+"""Lookup-table accumulation on AVX-512 VBMI + VNNI: the tables of four groups in one register, one `vpermb`
+looking up 64 entries at once and one `vpdpbusd` summing them, four lookups to an int32 lane.
+
+Same arithmetic as codegen/kernels/lut.py (24-bit integer tables split into three bytes, exact to ~1e-7),
+different instructions. There, a 16-entry `vpshufb` table holds one group, so every lookup is widened to
+int16 and added on its own: per 32 rows x 8 weights, 6 shuffles, 6 widenings and 6 adds. Here the 64-entry
+`vpermb` table holds four groups (entry 16j + p: group 4q + j, sign pattern p), byte lane 4r + j of the index
+selects row r's pattern of group j, and `vpdpbusd` (times an all-ones vector) adds the four bytes of each row
+into its int32 accumulator: per 16 rows x 16 weights, 3 permutes and 3 dot-products. The int32 sums need no
+chunking (|sum| < 2**31 for any K below 2**24), and the three byte planes recombine once per output in fp32.
+
+Weights are re-laid out at build time: for the 16 rows of block ob and the pair of quads qp (activations
+32qp .. 32qp+31), byte 4r + j holds row 16ob + r's sign nibble of group 4(2qp) + j (low) and of group
+4(2qp + 1) + j (high); bit i of a nibble = weight 4g + i. One load and a mask or a shift give the indices of
+two quads. Ternary weights are two sign planes (t = (a + b) / 2), looked up in the same tables, as in lut.py.
+The blocks are stored in the order the kernel reads them, so each thread streams its share front to back.
+"""
+
+import numpy as np
+from tvm import tirx
+from tvm.script import tirx as T
+
+from codegen.kernels import UNFUSED, Fused
+from codegen.kernels.lut import FULL
+
+ISA = "avx512vnni"
+ROWS = 16  # rows per register: 64 index bytes = 16 rows x 4 groups
+QUAD = 16  # activations per table register: 4 groups of 4
+TILE_QUADS = 64  # quads per K tile: its three tables (3 x 64 x 64 B = 12 KiB) stay in L1
+BLOCKS = 16  # row blocks per parallel task
+MIN_TASKS = 8
+PERMUTE = "llvm.x86.avx512.permvar.qi.512"
+DOT = "llvm.x86.avx512.vpdpbusd.512"
+
+
+def vnni_fits(n: int, k: int) -> bool:
+    return n % ROWS == 0 and k % (2 * QUAD) == 0
+
+
+def _plan(n: int, k: int) -> tuple[int, int]:
+    """(quads per K tile, row blocks per parallel task) for an n x k layer."""
+    quads, obs = k // QUAD, n // ROWS
+    tile = next(t for t in range(min(TILE_QUADS, quads), 0, -2) if quads % t == 0)
+    blocks = next(b for b in (BLOCKS, 8, 4, 2, 1) if obs % b == 0 and (obs // b >= MIN_TASKS or b == 1))
+    return tile, blocks
+
+
+def vnni_layout(weights: np.ndarray, planes: int) -> np.ndarray:
+    """Signs (planes=1) or trits (planes=2) [n, k] -> the kernel's nibble layout, in the order the kernel reads
+    it: [task, K tile, block, plane, quad pair in tile, 4r + j] (each thread streams its tasks front to back)."""
+    n, k = weights.shape
+    tile, blocks = _plan(n, k)
+    bit_planes = [weights > 0] if planes == 1 else [weights >= 0, weights > 0]
+    out = []
+    for plane in bit_planes:
+        # nibble[row, group]: bit j = weight 4 * group + j
+        nib = np.packbits(plane.reshape(n, k // 4, 4), axis=-1, bitorder="little")[..., 0]
+        nib = nib.reshape(n // ROWS, ROWS, k // (2 * QUAD), 2, 4)  # [ob, r, qp, s, j]: quad 2qp + s
+        byte = nib[:, :, :, 0] | (nib[:, :, :, 1] << 4)  # [ob, r, qp, j]: low nibble quad 2qp, high 2qp + 1
+        out.append(byte.transpose(0, 2, 1, 3).reshape(n // ROWS, k // (2 * QUAD), 64))  # [ob, qp, 4r + j]
+    w = np.stack(out, axis=1).reshape(n // ROWS // blocks, blocks, planes, k // QUAD // tile, tile // 2, 64)
+    return np.ascontiguousarray(w.transpose(0, 3, 1, 2, 4, 5))
+
+
+def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused = UNFUSED) -> tirx.PrimFunc:
+    """PrimFunc(x [m, k] f32, w (vnni_layout) u8, extras, y [m, n] f32), row blocks split across threads; y is
+    the mean over the planes (1: signs, 2: trits)."""
+    if not vnni_fits(n, k):
+        raise ValueError(f"VNNI LUT kernel needs N % {ROWS} == 0 and K % {QUAD} == 0, got N={n}, K={k}")
+    groups, quads, obs = k // 4, k // QUAD, n // ROWS
+    tile, blocks = _plan(n, k)
+    bias = 128 * 257 * planes * groups  # lo and mid bytes are stored biased by -128 (int32: K < 2**18)
+
+    @T.prim_func
+    def kernel(x: T.Buffer((m, k), "float32"),
+               w: T.Buffer((obs // blocks, quads // tile, blocks, planes, tile // 2, 64), "uint8"),
+               pre: T.Buffer((k,), "float32"), post: T.Buffer((n,), "float32"), add: T.Buffer((m, n), "float32"),
+               y: T.Buffer((m, n), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        lo = T.alloc_buffer((m, quads, 64), "int8")  # low byte of each 24-bit entry, biased by -128
+        mid = T.alloc_buffer((m, quads, 64), "int8")  # middle byte, biased by -128
+        hi = T.alloc_buffer((m, quads, 64), "int8")  # high byte, signed
+        scale = T.alloc_buffer((m,), "float32")
+        for i in T.parallel(m) if m > 1 else T.serial(m):
+            scale[i] = T.float32(0)
+            for g in range(groups):
+                a = T.alloc_buffer((4,), "float32", scope="local")
+                for j in range(4):
+                    a[j] = x[i, 4 * g + j] * pre[4 * g + j] if fused.pre else x[i, 4 * g + j]
+                scale[i] = T.max(scale[i], T.fabs(a[0]) + T.fabs(a[1]) + T.fabs(a[2]) + T.fabs(a[3]))
+        for ig in T.parallel(m * groups) if m > 1 else T.serial(groups):
+            i, g = ig // groups, ig % groups
+            a = T.alloc_buffer((4,), "float32", scope="local")
+            for j in range(4):
+                a[j] = x[i, 4 * g + j] * pre[4 * g + j] if fused.pre else x[i, 4 * g + j]
+            v = T.alloc_buffer((16,), "int32", scope="local")
+            for p in T.vectorized(16):
+                v[p] = T.max(T.min(T.Cast("int32", T.round(
+                    (T.Select(p & 1 == 1, a[0], -a[0]) + T.Select(p & 2 == 2, a[1], -a[1])
+                     + T.Select(p & 4 == 4, a[2], -a[2]) + T.Select(p & 8 == 8, a[3], -a[3]))
+                    * T.float32(FULL) / T.max(scale[i], T.float32(1e-30)))), FULL), -FULL)
+            for p in T.vectorized(16):
+                lo[i, g // 4, 16 * (g % 4) + p] = T.Cast("int8", (v[p] & 255) - 128)
+                mid[i, g // 4, 16 * (g % 4) + p] = T.Cast("int8", (T.shift_right(v[p], 8) & 255) - 128)
+                hi[i, g // 4, 16 * (g % 4) + p] = T.Cast("int8", T.shift_right(v[p], 16))
+        for obo in T.parallel(obs // blocks):
+            for i in range(m):
+                acc = T.alloc_buffer((blocks, 3, 16), "int32")
+                # one accumulator set per nibble (even and odd quads): consecutive dot-products do not wait
+                part = T.alloc_buffer((2, 3, 16), "int32")
+                for obi, c in T.grid(blocks, 3):
+                    acc[obi, c, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
+                for kt, obi in T.grid(quads // tile, blocks):
+                    for s, c in T.grid(2, 3):
+                        part[s, c, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
+                    for pl, qp in T.grid(planes, tile // 2):
+                        b = w.vload([obo, kt, obi, pl, qp, 0], "uint8x64")
+                        for s in T.unroll(2):  # the low nibbles index quad 2qp, the high ones quad 2qp + 1
+                            q = kt * tile + 2 * qp + s
+                            # byte lane 4r + j looks up entries 16j .. 16j + 15
+                            idx = T.reinterpret("int8x64", ((b >> T.broadcast(T.uint8(4 * s), 64)) & T.broadcast(
+                                T.uint8(15), 64)) | T.Cast("uint8x64", (T.ramp(0, 1, 64) % 4) * 16))
+                            ones = T.broadcast(T.int8(1), 64)
+                            part[s, 0, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", DOT, part[
+                                s, 0, T.ramp(0, 1, 16)], ones, T.call_llvm_pure_intrin(
+                                "int8x64", PERMUTE, lo.vload([i, q, 0], "int8x64"), idx))
+                            part[s, 1, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", DOT, part[
+                                s, 1, T.ramp(0, 1, 16)], ones, T.call_llvm_pure_intrin(
+                                "int8x64", PERMUTE, mid.vload([i, q, 0], "int8x64"), idx))
+                            part[s, 2, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", DOT, part[
+                                s, 2, T.ramp(0, 1, 16)], ones, T.call_llvm_pure_intrin(
+                                "int8x64", PERMUTE, hi.vload([i, q, 0], "int8x64"), idx))
+                    for s, c in T.grid(2, 3):
+                        acc[obi, c, T.ramp(0, 1, 16)] = acc[obi, c, T.ramp(0, 1, 16)] + part[s, c, T.ramp(0, 1, 16)]
+                for obi in range(blocks):
+                    ob = obo * blocks + obi
+                    # low and middle bytes recombine exactly in int32, the high byte joins in fp32
+                    total = (T.Cast("float32x16", acc[obi, 0, T.ramp(0, 1, 16)]
+                                    + acc[obi, 1, T.ramp(0, 1, 16)] * T.broadcast(256, 16) + T.broadcast(bias, 16))
+                             + T.Cast("float32x16", acc[obi, 2, T.ramp(0, 1, 16)]) * T.broadcast(T.float32(65536), 16))
+                    out = total * T.broadcast(scale[i] / T.float32(FULL * planes), 16)
+                    if fused.post:
+                        out = out * post[T.ramp(ob * 16, 1, 16)]
+                    if fused.add:
+                        out = out + add[i, T.ramp(ob * 16, 1, 16)]
+                    y[i, T.ramp(ob * 16, 1, 16)] = out
+
+    used = [True, True, fused.pre, fused.post, fused.add, True]
+    params = [p for p, keep in zip(kernel.params, used, strict=True) if keep]
+    func = tirx.PrimFunc(params, kernel.body, kernel.ret_type, kernel.attrs)
+    return func.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
