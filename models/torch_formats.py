@@ -212,6 +212,17 @@ class HalfLinear(torch.nn.Module):
         return torch.nn.functional.linear(x, self.weight.float(), self.bias)
 
 
+class HalfEmbedding(torch.nn.Module):
+    """An input embedding reading an fp16 table (the LM head's, when tied), rows widened to fp32."""
+
+    def __init__(self, weight: torch.nn.Parameter):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.embedding(ids, self.weight).float()
+
+
 class Fp32LoraBranch(torch.nn.Module):
     """The trained adapter as PEFT computes it in fp32: the unquantised reference."""
 
