@@ -379,8 +379,8 @@ def _manifest(graph: Graph, ir_text: str, mod: Any, lib: Path, spec: Target, tvm
 
 def _build_accel(src: ModelSource, graph: Graph, ir_text: str, spec: Target, tmp: Path, seed: int, rtol: float,
                  timings: dict[str, float], timed: Callable[[str, Callable[[], Any]], Any]) -> dict[str, Any]:
-    """An accelerator target: the program, its simulation and its functional check (hwsim/accel/build.py)."""
-    from hwsim.accel.build import build_accel
+    """An accelerator target: the program, its simulation and its functional check (codegen/accel/build.py)."""
+    from codegen.accel.build import build_accel
 
     inputs = random_inputs(graph, seed)
     feeds = {v.name: x for v, x in zip(graph.inputs, inputs, strict=True)}

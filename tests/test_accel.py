@@ -275,7 +275,7 @@ def test_cli_compiles_for_the_accelerator(tmp_path: Path) -> None:
 @pytest.mark.parametrize("df, m, k, n", [("os", 16, 96, 64), ("ws", 16, 96, 64), ("ws", 40, 64, 70)])
 def test_compute_cycles_agree_with_scalesim(df: str, m: int, k: int, n: int) -> None:
     """The validation peer on small GEMMs (bench/accel_peers.py runs the large ones): within 5%."""
-    from hwsim.accel.peers import accel_toml, hwsim_gemm, scalesim_gemm
+    from hwsim.peers import accel_toml, hwsim_gemm, scalesim_gemm
 
     dataflow = {"os": "output_stationary", "ws": "weight_stationary"}[df]
     ours = hwsim_gemm(m, k, n, accel_toml(dataflow, 64, 64, 256, 32, {}))
@@ -297,3 +297,18 @@ def test_an_fp16_weights_cast_and_transpose_run_at_build_time() -> None:
     assert not any(i.op is isa.Opcode.HOST for i in program.instrs)
     assert program.tensors[id(wt)].dtype == "float16" and program.tensors[id(wt)].kind == "const"
     assert rel_err(got, want) < 1e-3
+
+
+def test_the_simulator_package_imports_no_compiler_code() -> None:
+    """hwsim/accel reads an instruction stream: no module in it imports codegen (the compiler), at module level
+    or inside a function; the build orchestration lives in codegen/accel/build.py."""
+    import ast
+    from pathlib import Path
+
+    import hwsim.accel
+
+    for path in sorted(Path(hwsim.accel.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [
+                node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "codegen" or n.startswith("codegen.") for n in names), f"{path.name} imports {names}"

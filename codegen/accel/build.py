@@ -2,6 +2,9 @@
 run it functionally on the simulated schedule, and check the outputs against the reference interpreter
 and onnxruntime. Writes the program as text (program.txt) and binary (program.bin); the manifest holds the
 simulation, marked `simulated`.
+
+The orchestration lives with the compiler: the simulator (hwsim/accel) reads an instruction stream and imports
+no compiler code.
 """
 
 import time
@@ -11,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from codegen.accel.lower import lower
 from hwsim import interp
 from hwsim.accel import functional, isa
 from hwsim.accel.program import AccelProgram
@@ -41,8 +45,6 @@ def program_text(program: AccelProgram) -> str:
 def build_accel(graph: Graph, spec: Target, tmp: Path, feeds: dict[str, np.ndarray], ref: Reference, seed: int,
                 timed: Callable[[str, Callable[[], Any]], Any]) -> dict[str, Any]:
     """The accelerator-specific part of the manifest; raises VerificationError on a mismatch."""
-    from codegen.accel.lower import lower
-
     program = timed("tiling and lowering to accelerator instructions", lambda: lower(graph, spec))
     (tmp / "program.txt").write_text(program_text(program))
     (tmp / "program.bin").write_bytes(isa.encode(program.instrs))
