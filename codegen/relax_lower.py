@@ -168,7 +168,8 @@ def _panel_weights(n: Node, target: tvm.target.Target | None) -> tuple[np.ndarra
         return None
     data = w.data.T if source.transposed else w.data
     k, outs = data.shape
-    return (data, source.chain) if k >= 8 and panel_cols(outs, target) is not None else None
+    rows = int(np.prod(x.type.shape[:-1]))
+    return (data, source.chain) if k >= 8 and panel_cols(rows, outs, target) is not None else None
 
 
 def _dense_matmul(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x: relax.Expr, n: Node,
@@ -183,7 +184,7 @@ def _dense_matmul(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x
     if name not in kernels:
         kernels[name] = bb.add_func(dense_kernel(rows, k, outs, xt, wt, name, target), name)
     h = _reshape(x, v.type.shape, [rows, k])
-    packed = relax.const(panel_layout(w, panel_cols(outs, target)))
+    packed = relax.const(panel_layout(w, panel_cols(rows, outs, target)))
     y = relax.call_tir(kernels[name], [h, packed], relax.TensorType((rows, outs), xt))
     return _reshape(y, (rows, outs), list(n.outputs[0].type.shape))
 

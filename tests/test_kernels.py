@@ -166,10 +166,11 @@ def run_scheduled(func, rule, inputs: list[np.ndarray], out_shape: tuple[int, ..
 
 @pytest.mark.parametrize("batch, m, n, k, transposed", [
     ((), 128, 96, 512, False), ((), 3, 16, 40, False), ((), 64, 16, 256, False), ((2, 3), 10, 12, 64, True),
-    ((1,), 1, 256, 256, False)])
+    ((1,), 1, 256, 256, False), ((1, 3), 3, 129, 64, False), ((), 16, 48, 64, False)])
 def test_matmul_schedule_matches_numpy(batch: tuple[int, ...], m: int, n: int, k: int, transposed: bool) -> None:
-    """Packed B panels, K panels, row chunks when there are few column panels, transposed B (attention), and
-    batch 1 (a GEMV whose unit row loop normalisation drops)."""
+    """Packed B panels, K panels, row chunks when there are few column panels, transposed B (attention),
+    batch 1 (a GEMV whose unit row loop normalisation drops), an odd width (decode scores over past + 1
+    tokens: a predicated last vector) and prefill rows on AVX-512's 8-row tile."""
     from tvm import te
 
     rng = np.random.default_rng(3)
@@ -303,7 +304,7 @@ def test_matmul_by_constant_weights_runs_on_prepacked_panels(dtype: DType | str,
     tol = 2e-3 if xt is DType.FLOAT16 else 1e-5
     np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=tol,
                                atol=tol * np.abs(want.astype(np.float32)).max())
-    cols, dense = panel_cols(n, HOST), w.data.T if wt is not xt else w.data
+    cols, dense = panel_cols(int(np.prod(shape[:-1])), n, HOST), w.data.T if wt is not xt else w.data
     assert panel_layout(dense, cols)[n // cols - 1, 2, 3] == dense[2, n - cols + 3]
 
 

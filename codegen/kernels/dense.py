@@ -14,14 +14,14 @@ import numpy as np
 from tvm import s_tir, te, tirx
 from tvm.target import Target
 
-from codegen.schedules.cpu import block_gemm, tile_cols
+from codegen.schedules.cpu import block_gemm, tile_shape
 
 PANEL_DTYPES = ("float32", "float16")
 
 
-def panel_cols(n: int, target: Target) -> int | None:
-    """Outputs per panel (the register tile's columns); None where N is not a multiple of 4."""
-    return tile_cols(n, target) if n % 4 == 0 else None
+def panel_cols(m: int, n: int, target: Target) -> int | None:
+    """Outputs per panel (the register tile's columns for m rows); None where N is not a multiple of 4."""
+    return tile_shape(m, n, target)[1] if n % 4 == 0 else None
 
 
 def panel_layout(w: np.ndarray, cols: int) -> np.ndarray:
@@ -32,7 +32,7 @@ def panel_layout(w: np.ndarray, cols: int) -> np.ndarray:
 
 def dense_kernel(m: int, k: int, n: int, x_dtype: str, w_dtype: str, name: str, target: Target) -> tirx.PrimFunc:
     """PrimFunc(x [m, K] x_dtype, w [N/cols, K, cols] w_dtype, y [m, N] x_dtype): y = x @ W, fp32 sums."""
-    cols = tile_cols(n, target)
+    cols = tile_shape(m, n, target)[1]
     x = te.placeholder((m, k), x_dtype, name="x")
     w = te.placeholder((n // cols, k, cols), w_dtype, name="w")
     r = te.reduce_axis((0, k), name="r")

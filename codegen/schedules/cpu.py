@@ -32,29 +32,45 @@ def _divisor(n: int, options: tuple[int, ...]) -> int | None:
 
 
 def register_tile(target: Target) -> tuple[int, int]:
-    """(accumulator vectors, float lanes per vector) for the register tile: x86 has 16 vector registers
-    (8 accumulators leave room for the B vectors and the broadcast), aarch64 32."""
+    """(accumulator vectors, float lanes per vector) for the register tile: AVX2 has 16 vector registers
+    (8 accumulators leave room for the B vectors and the broadcast), AVX-512 and aarch64 32 (24 and 16)."""
     if "aarch64" in str(target.attrs.get("mtriple", "")):
         return 16, 4
     with target:
-        lanes = 16 if tvm.target.codegen.target_has_features("avx512f") else (
-            8 if tvm.target.codegen.target_has_features("avx2") else 4)
-    return 8, lanes
+        if tvm.target.codegen.target_has_features("avx512f"):
+            return 24, 16
+        return 8, 8 if tvm.target.codegen.target_has_features("avx2") else 4
 
 
-def tile_cols(n: int, target: Target) -> int:
-    """Columns of the register tile: a few vectors of accumulators where N allows."""
-    lanes = register_tile(target)[1]
-    return _divisor(n, (4 * lanes, 2 * lanes, lanes, 4)) or 1
+def tile_shape(m: int, n: int, target: Target) -> tuple[int, int]:
+    """(rows, columns) of the register tile for an m x n output: the most accumulators the registers hold,
+    in 1, 2 or 4 vectors (LLVM splits a 3-vector row badly: 10 GFLOP/s). With AVX-512 and 16 prefill rows,
+    8 x 2 vectors: 16 multiply-adds per 2 weight vectors loaded (and widened, for fp16 weights), where
+    2 x 4 did 8 per 4 (znver4, 2 threads, 16x576x1536 fp16 weights: 184 vs 165 GFLOP/s; fp32 222). One row
+    (decode) keeps 4 vectors: a GEMV streams weights, 4 panels' worth at once."""
+    accumulators, lanes = register_tile(target)
+
+    def rows(vectors: int) -> int:
+        return _divisor(m, tuple(r for r in (8, 4, 2, 1) if r * vectors <= accumulators)) or 1
+
+    fits = [v for v in (4, 2, 1) if n % (v * lanes) == 0]
+    if not fits:  # not whole vectors: 4 columns, one vector of accumulators
+        if n % 4 == 0 or n < lanes:
+            return rows(1), _divisor(n, (4,)) or 1
+        # an odd width (a decode step's scores over past + 1 tokens: 129): whole vectors and a predicated last
+        # one, 18 us where one column at a time took 40 (1x3x64x129, znver4)
+        return rows(1), lanes
+    # AVX-512 ties go to more rows (8 x 2 over 4 x 4: fewer weight vectors loaded and widened per multiply-add);
+    # elsewhere to wider rows of vectors (fewer broadcasts), as measured before AVX-512 had its own tile
+    vectors = max(fits, key=lambda v: (rows(v) * v, rows(v) if lanes == 16 else v))
+    return rows(vectors), vectors * lanes
 
 
 def block_gemm(sch: s_tir.Schedule, block: SBlockRV, ext: list[int], target: Target,
                stage_b: Callable[[LoopRV], None] | None = None, epilogues: tuple = ()) -> None:
     """Tile the reduction `block` (loops *batch, i, j, k with extents `ext`) into the register-blocked,
     K-paneled GEMM; `stage_b(ko)` may stage the B panel under the K-panel loop (pack or unpack it)."""
-    accumulators, lanes = register_tile(target)
-    cols = tile_cols(ext[-2], target)
-    rows = _divisor(ext[-3], tuple(r for r in (8, 4, 2, 1) if r * max(cols // lanes, 1) <= accumulators) or (1,))
+    rows, cols = tile_shape(ext[-3], ext[-2], target)
     *batch, i, j, k = sch.get_loops(block)
     # Threads take column panels; when there are too few (a rank-16 LoRA down-projection has one), they
     # also take row chunks, each chunk staging its own copy of the B panels.
@@ -116,7 +132,7 @@ class Matmul(CPUScheduleRule):
         if not all(isinstance(i.dom, int) or hasattr(i.dom, "value") for i in main.iters):
             return None
         ext = [int(i.dom) for i in main.iters]
-        if ext[-2] % 4 or ext[-1] < 8:
+        if ext[-1] < 8:
             return None
         block = main.block_rv
         stmt = sch.get(block)
