@@ -189,6 +189,48 @@ def _dense_matmul(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x
     return _reshape(y, (rows, outs), list(n.outputs[0].type.shape))
 
 
+def _is_two(v: Value) -> bool:
+    """A constant exponent of 2 (RMSNorm's x.pow(2)): a multiply, where `power` calls libm's powf per element
+    (17 us for 16x576 on znver4)."""
+    return v.is_const and v.type.size == 1 and float(np.asarray(v.data).reshape(-1)[0]) == 2.0
+
+
+def _transposed_operand(n: Node, target: tvm.target.Target | None) -> Node | None:
+    """The TRANSPOSE (of the last two dims, of a runtime fp32 tensor) a MATMUL's second operand comes from,
+    where the CPU's dot kernel (codegen/kernels/dot.py) can read its input directly; else None."""
+    from codegen.kernels.dot import dot_fits
+    from codegen.schedules.cpu import register_tile
+
+    a, b = n.inputs
+    t = b.producer
+    if target is None or target.kind.name != "llvm" or t is None or t.op is not Op.TRANSPOSE or b.is_const:
+        return None
+    r = b.type.rank
+    if r < 3 or a.type.rank != r or tuple(t.attrs["perm"]) != (*range(r - 2), r - 1, r - 2):
+        return None
+    if a.type.shape[:-2] != b.type.shape[:-2] or {a.type.dtype.value, b.type.dtype.value} != {"float32"}:
+        return None
+    return t if dot_fits(a.type.shape[-2], a.type.shape[-1], register_tile(target)[1]) else None
+
+
+def _dot_matmul(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], a: relax.Expr, x: relax.Expr,
+                n: Node, target: tvm.target.Target) -> relax.Expr:
+    """MATMUL(a, TRANSPOSE(x)) as dot products of rows of a and x, x never transposed."""
+    from codegen.kernels.dot import dot_kernel
+    from codegen.schedules.cpu import register_tile
+
+    shape = n.inputs[0].type.shape
+    batch, m, k = int(np.prod(shape[:-2])), shape[-2], shape[-1]
+    cols = n.outputs[0].type.shape[-1]
+    name = f"dot_{batch}x{m}x{cols}x{k}"
+    if name not in kernels:
+        kernels[name] = bb.add_func(dot_kernel(batch, m, cols, k, register_tile(target)[1], name), name)
+    y = relax.call_tir(kernels[name], [_reshape(a, shape, [batch, m, k]),
+                                       _reshape(x, n.inputs[1].producer.inputs[0].type.shape, [batch, cols, k])],
+                       relax.TensorType((batch, m, cols), "float32"))
+    return _reshape(y, (batch, m, cols), list(n.outputs[0].type.shape))
+
+
 def _gelu(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
     return R.nn.gelu_tanh(x[0]) if a["approximate"] == "tanh" else R.nn.gelu(x[0])
 
@@ -216,7 +258,7 @@ LOWERINGS: dict[Op, Lowering] = {
     Op.SUB: lambda x, a, n: R.subtract(x[0], x[1]),
     Op.MUL: lambda x, a, n: R.multiply(x[0], x[1]),
     Op.DIV: lambda x, a, n: R.divide(x[0], x[1]),
-    Op.POW: lambda x, a, n: R.power(x[0], x[1]),
+    Op.POW: lambda x, a, n: R.multiply(x[0], x[0]) if _is_two(n.inputs[1]) else R.power(x[0], x[1]),
     Op.MAX: lambda x, a, n: R.maximum(x[0], x[1]),
     Op.MIN: lambda x, a, n: R.minimum(x[0], x[1]),
     Op.EQUAL: lambda x, a, n: R.equal(x[0], x[1]),
@@ -257,8 +299,9 @@ assert set(LOWERINGS) >= OpGroup.UNARY
 
 
 def _unused(graph: Graph, readers: Iterable[int], chains: Iterable[Node]) -> set[int]:
-    """The weight-transform nodes (a cast, a transpose) that only the prepacked matmuls `readers` (node ids)
-    and other such nodes read: those matmuls read the constant itself, so these are not emitted."""
+    """The transform nodes (a weight's cast or transpose, an attention key's transpose) that only the matmuls
+    `readers` (node ids: prepacked or dot kernels) and other such nodes read: those matmuls read the
+    untransformed tensor itself, so these are not emitted."""
     consumers, outputs = graph.consumers(), {id(v) for v in graph.outputs}
     skip, done = set(), set(readers)
     changed = True
@@ -281,7 +324,10 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
     kernels: dict[str, relax.GlobalVar] = {}
     panels = {id(n): p for n in graph.nodes if n.op is Op.MATMUL and (p := _panel_weights(n, target)) is not None}
-    skip = _unused(graph, panels.keys(), [c for _, chain in panels.values() for c in chain])
+    dots = {id(n): t for n in graph.nodes if n.op is Op.MATMUL and id(n) not in panels
+            and (t := _transposed_operand(n, target)) is not None}
+    skip = _unused(graph, [*panels.keys(), *dots.keys()],
+                   [*(c for _, chain in panels.values() for c in chain), *dots.values()])
 
     def arg(v: Value) -> relax.Expr:
         if id(v) not in env:
@@ -295,6 +341,10 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
                     continue
                 if id(n) in panels:
                     expr = _dense_matmul(bb, kernels, arg(n.inputs[0]), n, panels[id(n)][0], target)
+                    env[id(n.outputs[0])] = bb.emit(expr, name_hint=_identifier(n.outputs[0].name))
+                    continue
+                if id(n) in dots:
+                    expr = _dot_matmul(bb, kernels, arg(n.inputs[0]), arg(dots[id(n)].inputs[0]), n, target)
                     env[id(n.outputs[0])] = bb.emit(expr, name_hint=_identifier(n.outputs[0].name))
                     continue
                 args = [arg(v) for v in n.inputs]

@@ -346,3 +346,43 @@ def test_a_weight_transform_read_elsewhere_is_still_emitted() -> None:
     want = interp.run(graph, {"x": xs})
     for g, e in zip(got, want, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", [Op.SIGMOID, Op.EXP, Op.TANH, Op.ERF, Op.SOFTMAX])
+def test_transcendentals_run_as_fast_polynomials_within_fp32_error(op: Op) -> None:
+    """The CPU pipeline's FastMath pass: exp-based ops (SiLU's sigmoid, softmax) and tanh/erf as TVM's vectorisable
+    fast_* forms, not one libm call per element; as accurate as fp32 over the range activations take."""
+    x, y = Value("x", TensorType((16, 96), DType.FLOAT32)), Value("y", TensorType((16, 96), DType.FLOAT32))
+    graph = Graph("g", [x], [y], [Node(op, [x], [y], {"axis": 1} if op is Op.SOFTMAX else {})])
+    mod = to_relax(graph, HOST)
+    assert "fast_" in host.FastMath()(mod).script()
+    xs = (np.random.default_rng(2).standard_normal((16, 96)) * 4).astype(np.float32)
+    got = host.run(relax.VirtualMachine(host.build(mod, HOST), tvm.cpu()), [xs])[0]
+    want = interp.run(graph, {"x": xs})[0]
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6 * np.abs(want).max())
+
+
+def test_squares_are_multiplies() -> None:
+    """x.pow(2) (RMSNorm) lowers to x * x; another exponent stays a power."""
+    x = Value("x", TensorType((4, 8), DType.FLOAT32))
+    for e, want in ((2.0, "multiply"), (3.0, "power")):
+        y = Value("y", x.type)
+        g = Graph("g", [x], [y], [Node(Op.POW, [x, Value.const("e", np.array(e, np.float32))], [y])])
+        assert f"R.{want}" in to_relax(g, HOST).script()
+
+
+@pytest.mark.parametrize("batch, m, n, k", [(3, 3, 129, 64), (1, 1, 5, 16), (2, 8, 33, 32)])
+def test_dot_kernel_matches_numpy(batch: int, m: int, n: int, k: int) -> None:
+    """A @ B^T with B read untransposed (decode attention scores over past + 1 tokens)."""
+    from codegen.kernels.dot import dot_kernel
+    from codegen.schedules.cpu import register_tile
+
+    lanes = register_tile(HOST)[1]
+    if k % lanes:
+        pytest.skip(f"K={k} is not whole {lanes}-lane vectors on this CPU")
+    rng = np.random.default_rng(4)
+    a, x = rng.standard_normal((batch, m, k)).astype(np.float32), rng.standard_normal((batch, n, k)).astype(np.float32)
+    lib = tvm.tirx.build(tvm.IRModule({"k": dot_kernel(batch, m, n, k, lanes, "k")}), target=HOST)
+    args = [tvm.runtime.tensor(v) for v in (a, x, np.zeros((batch, m, n), np.float32))]
+    lib["k"](*args)
+    np.testing.assert_allclose(args[-1].numpy(), a @ np.swapaxes(x, 1, 2), rtol=1e-5, atol=1e-5)

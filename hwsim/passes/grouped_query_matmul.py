@@ -6,9 +6,10 @@ query heads that share it (RESHAPE to [b, KV, 1, T, D], BROADCAST_TO [b, KV, G, 
 written, that materialises G copies of the whole cache for both matmuls of every layer, every token
 (SmolLM2-135M, 3 KV heads for 9 query heads: 8% of a decode step on the host). Query head h = kv*G + g reads
 KV head kv, so the same product is the queries regrouped, [b, KV, G*S, K] (a free reshape), times the cache
-itself, [b, KV, K, N]: the rewrite applies the transposes and scalar scales on the way to the un-repeated
-tensor, multiplies, and reshapes the result back to the MATMUL's [b, KV*G, S, N]. Exact: same products, same
-sums. The broadcast and whatever only it fed become dead (eliminate_dead_code runs after this pass).
+itself, [b, KV, K, N]: the rewrite applies the transposes on the way to the un-repeated tensor and the scalar
+scales to the queries (c q . k for q . c k: the same value up to fp32 rounding), multiplies, and reshapes the
+result back to the MATMUL's [b, KV*G, S, N]. The broadcast and whatever only it fed become dead
+(eliminate_dead_code runs after this pass).
 """
 
 import math
@@ -80,13 +81,18 @@ def grouped_query_matmul(graph: Graph) -> bool:
         qa = _add(new, Op.RESHAPE, [a], {"shape": (*lead, rows, a.type.shape[-1])}, f"{base}.q")
         src = bcast.inputs[0]
         kv = _add(new, Op.RESHAPE, [src], {"shape": (*lead, *src.type.shape[-2:])}, f"{base}.kv")
+        # scalar scales move to the (G times smaller, per KV head) queries; a transpose stays last, so a backend
+        # may read the keys untransposed (codegen/kernels/dot.py)
+        transposes = 0
         for i, s in enumerate(steps):
             if s.op is Op.TRANSPOSE:
-                r = kv.type.rank
-                kv = _add(new, Op.TRANSPOSE, [kv], {"perm": (*range(r - 2), r - 1, r - 2)}, f"{base}.t{i}")
+                transposes += 1
             elif s.op is Op.MUL:
                 scalar = s.inputs[1] if s.inputs[1].is_const else s.inputs[0]
-                kv = _add(new, Op.MUL, [kv, scalar], {}, f"{base}.s{i}")
+                qa = _add(new, Op.MUL, [qa, scalar], {}, f"{base}.s{i}")
+        if transposes % 2:
+            r = kv.type.rank
+            kv = _add(new, Op.TRANSPOSE, [kv], {"perm": (*range(r - 2), r - 1, r - 2)}, f"{base}.t")
         prod = _add(new, Op.MATMUL, [qa, kv], {}, f"{base}.mm")
         new.append(Node(Op.RESHAPE, [prod], [out], {"shape": out.type.shape}, name=f"{base}.out"))
         i = graph.nodes.index(mm)
