@@ -45,13 +45,13 @@ def register_tile(target: Target) -> tuple[int, int]:
 def tile_shape(m: int, n: int, target: Target) -> tuple[int, int]:
     """(rows, columns) of the register tile for an m x n output: the most accumulators the registers hold,
     in 1, 2 or 4 vectors (LLVM splits a 3-vector row badly: 10 GFLOP/s). With AVX-512 and 16 prefill rows,
-    8 x 2 vectors: 16 multiply-adds per 2 weight vectors loaded (and widened, for fp16 weights), where
-    2 x 4 did 8 per 4 (znver4, 2 threads, 16x576x1536 fp16 weights: 184 vs 165 GFLOP/s; fp32 222). One row
+    16 x 1 vector: 16 multiply-adds per weight vector loaded (and widened, for fp16 weights), where 2 x 4 did
+    8 per 4 (znver4, 2 threads, 16x576x1536 with fp16 weights: 227 GFLOP/s, 8 x 2 184, 2 x 4 165). One row
     (decode) keeps 4 vectors: a GEMV streams weights, 4 panels' worth at once."""
     accumulators, lanes = register_tile(target)
 
     def rows(vectors: int) -> int:
-        return _divisor(m, tuple(r for r in (8, 4, 2, 1) if r * vectors <= accumulators)) or 1
+        return _divisor(m, tuple(r for r in (16, 8, 4, 2, 1) if r * vectors <= accumulators)) or 1
 
     fits = [v for v in (4, 2, 1) if n % (v * lanes) == 0]
     if not fits:  # not whole vectors: 4 columns, one vector of accumulators
@@ -60,8 +60,8 @@ def tile_shape(m: int, n: int, target: Target) -> tuple[int, int]:
         # an odd width (a decode step's scores over past + 1 tokens: 129): whole vectors and a predicated last
         # one, 18 us where one column at a time took 40 (1x3x64x129, znver4)
         return rows(1), lanes
-    # AVX-512 ties go to more rows (8 x 2 over 4 x 4: fewer weight vectors loaded and widened per multiply-add);
-    # elsewhere to wider rows of vectors (fewer broadcasts), as measured before AVX-512 had its own tile
+    # AVX-512 ties go to more rows (fewer weight vectors loaded and widened per multiply-add); elsewhere to
+    # wider rows of vectors (fewer broadcasts), as measured before AVX-512 had its own tile
     vectors = max(fits, key=lambda v: (rows(v) * v, rows(v) if lanes == 16 else v))
     return rows(vectors), vectors * lanes
 
