@@ -166,11 +166,10 @@ def run_scheduled(func, rule, inputs: list[np.ndarray], out_shape: tuple[int, ..
 
 @pytest.mark.parametrize("batch, m, n, k, transposed", [
     ((), 128, 96, 512, False), ((), 3, 16, 40, False), ((), 64, 16, 256, False), ((2, 3), 10, 12, 64, True),
-    ((1,), 1, 256, 256, False), ((1, 3), 3, 129, 64, False), ((), 16, 48, 64, False)])
+    ((1,), 1, 256, 256, False), ((), 16, 48, 64, False)])
 def test_matmul_schedule_matches_numpy(batch: tuple[int, ...], m: int, n: int, k: int, transposed: bool) -> None:
     """Packed B panels, K panels, row chunks when there are few column panels, transposed B (attention),
-    batch 1 (a GEMV whose unit row loop normalisation drops), an odd width (decode scores over past + 1
-    tokens: a predicated last vector) and prefill rows on AVX-512's 8-row tile."""
+    batch 1 (a GEMV whose unit row loop normalisation drops) and prefill rows on AVX-512's 16-row tile."""
     from tvm import te
 
     rng = np.random.default_rng(3)

@@ -54,12 +54,8 @@ def tile_shape(m: int, n: int, target: Target) -> tuple[int, int]:
         return _divisor(m, tuple(r for r in (16, 8, 4, 2, 1) if r * vectors <= accumulators)) or 1
 
     fits = [v for v in (4, 2, 1) if n % (v * lanes) == 0]
-    if not fits:  # not whole vectors: 4 columns, one vector of accumulators
-        if n % 4 == 0 or n < lanes:
-            return rows(1), _divisor(n, (4,)) or 1
-        # an odd width (a decode step's scores over past + 1 tokens: 129): whole vectors and a predicated last
-        # one, 18 us where one column at a time took 40 (1x3x64x129, znver4)
-        return rows(1), lanes
+    if not fits:  # narrower than a vector: 4 columns (or 1), one vector of accumulators
+        return rows(1), _divisor(n, (4,)) or 1
     # AVX-512 ties go to more rows (fewer weight vectors loaded and widened per multiply-add); elsewhere to
     # wider rows of vectors (fewer broadcasts), as measured before AVX-512 had its own tile
     vectors = max(fits, key=lambda v: (rows(v) * v, rows(v) if lanes == 16 else v))
@@ -132,7 +128,7 @@ class Matmul(CPUScheduleRule):
         if not all(isinstance(i.dom, int) or hasattr(i.dom, "value") for i in main.iters):
             return None
         ext = [int(i.dom) for i in main.iters]
-        if ext[-1] < 8:
+        if ext[-2] % 4 or ext[-1] < 8:  # odd widths: dlight's GEMV rule, or the dot kernel (decode scores)
             return None
         block = main.block_rv
         stmt = sch.get(block)
