@@ -35,6 +35,16 @@ BLOCKS = 16  # row blocks (of L rows) per parallel task, whose int32 accumulator
 MIN_TASKS = 8  # parallel tasks to keep, where N allows, so every core gets work
 
 
+def table_entry(a: tirx.Buffer, p: tirx.Expr, scale: tirx.Expr) -> tirx.Expr:
+    """Entry p of a group's table (bit j of p set: +a[j], else -a[j]) as an integer of FULL / the row's scale.
+    Clamped: the row's largest entry may round one past FULL (fp32 has 24 bits), which the signed high byte
+    would wrap. Shared by the shuffle (here) and the VNNI (lut_vnni.py) kernels."""
+    total = (T.Select(p & 1 == 1, a[0], -a[0]) + T.Select(p & 2 == 2, a[1], -a[1])
+             + T.Select(p & 4 == 4, a[2], -a[2]) + T.Select(p & 8 == 8, a[3], -a[3]))
+    return T.max(T.min(T.Cast("int32", T.round(total * T.float32(FULL) / T.max(scale, T.float32(1e-30)))), FULL),
+                 -FULL)
+
+
 def lut_fits(n: int, k: int, isa: str) -> bool:
     return n % SHUFFLE[isa][1] == 0 and k % 8 == 0
 
@@ -89,12 +99,7 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
             # vectorised loops: TVM 0.27 vectorises a let-bound value as the scalar of the last lane.)
             v = T.alloc_buffer((lanes,), "int32", scope="local")
             for p in T.vectorized(lanes):
-                # clamped: the row's largest entry may round one past FULL (fp32 has 24 bits), which the
-                # signed high byte would wrap
-                v[p] = T.max(T.min(T.Cast("int32", T.round(
-                    (T.Select(p & 1 == 1, a[0], -a[0]) + T.Select(p & 2 == 2, a[1], -a[1])
-                     + T.Select(p & 4 == 4, a[2], -a[2]) + T.Select(p & 8 == 8, a[3], -a[3]))
-                    * T.float32(FULL) / T.max(scale[i], T.float32(1e-30)))), FULL), -FULL)
+                v[p] = table_entry(a, p, scale[i])
             for p in T.vectorized(lanes):
                 lo[i, g, p] = T.Cast("int8", (v[p] & 255) - 128)
                 mid[i, g, p] = T.Cast("int8", (T.shift_right(v[p], 8) & 255) - 128)

@@ -21,7 +21,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from codegen.kernels import UNFUSED, Fused
-from codegen.kernels.lut import FULL
+from codegen.kernels.lut import FULL, table_entry
 
 ISA = "avx512vnni"
 ROWS = 16  # rows per register: 64 index bytes = 16 rows x 4 groups
@@ -95,10 +95,7 @@ def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused
                 a[j] = x[i, 4 * g + j] * pre[4 * g + j] if fused.pre else x[i, 4 * g + j]
             v = T.alloc_buffer((16,), "int32", scope="local")
             for p in T.vectorized(16):
-                v[p] = T.max(T.min(T.Cast("int32", T.round(
-                    (T.Select(p & 1 == 1, a[0], -a[0]) + T.Select(p & 2 == 2, a[1], -a[1])
-                     + T.Select(p & 4 == 4, a[2], -a[2]) + T.Select(p & 8 == 8, a[3], -a[3]))
-                    * T.float32(FULL) / T.max(scale[i], T.float32(1e-30)))), FULL), -FULL)
+                v[p] = table_entry(a, p, scale[i])
             for p in T.vectorized(16):
                 lo[i, g // 4, 16 * (g % 4) + p] = T.Cast("int8", (v[p] & 255) - 128)
                 mid[i, g // 4, 16 * (g % 4) + p] = T.Cast("int8", (T.shift_right(v[p], 8) & 255) - 128)
