@@ -7,7 +7,8 @@ int16 and added on its own: per 32 rows x 8 weights, 6 shuffles, 6 widenings and
 `vpermb` table holds four groups (entry 16j + p: group 4q + j, sign pattern p), byte lane 4r + j of the index
 selects row r's pattern of group j, and `vpdpbusd` (times an all-ones vector) adds the four bytes of each row
 into its int32 accumulator: per 16 rows x 16 weights, 3 permutes and 3 dot-products. The int32 sums need no
-chunking (|sum| < 2**31 for any K below 2**24), and the three byte planes recombine once per output in fp32.
+chunking, and the three byte planes recombine once per output (low and middle exactly in int32: K up to
+65536 for trits, 131072 for signs; the high byte in fp32).
 
 Weights are re-laid out at build time: for the 16 rows of block ob and the pair of quads qp (activations
 32qp .. 32qp+31), byte 4r + j holds row 16ob + r's sign nibble of group 4(2qp) + j (low) and of group
@@ -33,8 +34,9 @@ PERMUTE = "llvm.x86.avx512.permvar.qi.512"
 DOT = "llvm.x86.avx512.vpdpbusd.512"
 
 
-def vnni_fits(n: int, k: int) -> bool:
-    return n % ROWS == 0 and k % (2 * QUAD) == 0
+def vnni_fits(n: int, k: int, planes: int = 2) -> bool:
+    """Whole 16-row blocks, whole quad pairs, and few enough lookups per row for the int32 recombination."""
+    return n % ROWS == 0 and k % (2 * QUAD) == 0 and planes * k // 4 < 1 << 15
 
 
 def _plan(n: int, k: int) -> tuple[int, int]:
@@ -65,11 +67,14 @@ def vnni_layout(weights: np.ndarray, planes: int) -> np.ndarray:
 def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused = UNFUSED) -> tirx.PrimFunc:
     """PrimFunc(x [m, k] f32, w (vnni_layout) u8, extras, y [m, n] f32), row blocks split across threads; y is
     the mean over the planes (1: signs, 2: trits)."""
-    if not vnni_fits(n, k):
-        raise ValueError(f"VNNI LUT kernel needs N % {ROWS} == 0 and K % {QUAD} == 0, got N={n}, K={k}")
+    if not vnni_fits(n, k, planes):
+        raise ValueError(f"VNNI LUT kernel needs N % {ROWS} == 0, K % {2 * QUAD} == 0 and planes x K/4 < 2**15, "
+                         f"got N={n}, K={k}, planes={planes}")
     groups, quads, obs = k // 4, k // QUAD, n // ROWS
     tile, blocks = _plan(n, k)
-    bias = 128 * 257 * planes * groups  # lo and mid bytes are stored biased by -128 (int32: K < 2**18)
+    # lo and mid bytes are stored biased by -128; with the bias back, lo + 256 mid lies in [0, 65535 x lookups],
+    # inside int32 for fewer than 2**15 lookups per row (vnni_fits)
+    bias = 128 * 257 * planes * groups
 
     @T.prim_func
     def kernel(x: T.Buffer((m, k), "float32"),
