@@ -214,7 +214,7 @@ def _half_output_layer(model: torch.nn.Module) -> None:
 
     The output layer is the largest single matrix of a small LLM (SmolLM2-135M: 28M of 135M parameters) and
     is read whole for every token; low-bit schemes keep it at 8-16 bits (BitNet b1.58 does not ternarise it,
-    llama.cpp's TQ2_0 stores it Q8_0 or Q6_K, its F16 keeps it F16). Left fp32 it was 113 MB a token, a third
+    llama.cpp's TQ2_0 GGUF of SmolLM2 stores it Q8_0, its F16 one F16). Left fp32 it was 113 MB a token, a third
     of an fp16 base's decode reads and four fifths of a ternary one's."""
     head = getattr(model, "lm_head", None)
     if not isinstance(head, torch.nn.Linear):
