@@ -225,8 +225,8 @@ def _dot_matmul(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], a: 
     name = f"dot_{batch}x{m}x{cols}x{k}"
     if name not in kernels:
         kernels[name] = bb.add_func(dot_kernel(batch, m, cols, k, register_tile(target)[1], name), name)
-    y = relax.call_tir(kernels[name], [_reshape(a, shape, [batch, m, k]),
-                                       _reshape(x, n.inputs[1].producer.inputs[0].type.shape, [batch, cols, k])],
+    untransposed = n.inputs[1].producer.inputs[0].type.shape
+    y = relax.call_tir(kernels[name], [_reshape(a, shape, [batch, m, k]), _reshape(x, untransposed, [batch, cols, k])],
                        relax.TensorType((batch, m, cols), "float32"))
     return _reshape(y, (batch, m, cols), list(n.outputs[0].type.shape))
 
@@ -341,17 +341,12 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
                     continue
                 if id(n) in panels:
                     expr = _dense_matmul(bb, kernels, arg(n.inputs[0]), n, panels[id(n)][0], target)
-                    env[id(n.outputs[0])] = bb.emit(expr, name_hint=_identifier(n.outputs[0].name))
-                    continue
-                if id(n) in dots:
+                elif id(n) in dots:
                     expr = _dot_matmul(bb, kernels, arg(n.inputs[0]), arg(dots[id(n)].inputs[0]), n, target)
-                    env[id(n.outputs[0])] = bb.emit(expr, name_hint=_identifier(n.outputs[0].name))
-                    continue
-                args = [arg(v) for v in n.inputs]
-                if n.op in OpGroup.ACCUMULATE and _packed_kernel_fits(n):
-                    expr = _accumulate_kernel(bb, kernels, args, n, target)
+                elif n.op in OpGroup.ACCUMULATE and _packed_kernel_fits(n):
+                    expr = _accumulate_kernel(bb, kernels, [arg(v) for v in n.inputs], n, target)
                 else:
-                    expr = LOWERINGS[n.op](args, n.attrs, n)
+                    expr = LOWERINGS[n.op]([arg(v) for v in n.inputs], n.attrs, n)
                 if len(n.outputs) == 1:
                     env[id(n.outputs[0])] = bb.emit(expr, name_hint=_identifier(n.outputs[0].name))
                 else:

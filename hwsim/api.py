@@ -299,17 +299,17 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     if not measure:
         manifest["latency"] = {PENDING: "built and verified; timed later, alone on the machine"}
         return _with_estimates(manifest, graph, spec)
-    manifest["latency"] = timed("measuring latency", lambda: _host_latency(vm, session, names, inputs, runs, device,
-                                                                            min(threads, os.cpu_count() or 1)))
+    manifest["latency"] = timed("measuring latency", lambda: _host_latency(vm, session, names, inputs, runs, device))
     return _with_estimates(manifest, graph, spec)
 
 
 def _host_latency(vm: Any, session: Any, names: list[str], inputs: list[np.ndarray], runs: int,
-                  device: str, threads: int) -> dict[str, Any]:
-    """The artifact and onnxruntime timed back to back on the same inputs, the same number of runs, each on
-    `threads` threads."""
+                  device: str) -> dict[str, Any]:
+    """The artifact and onnxruntime timed back to back on the same inputs, the same number of runs, on the same
+    number of threads (the session's)."""
     from codegen import host
 
+    threads = session.get_session_options().intra_op_num_threads
     if host.runtime_threads() != threads:
         raise HwsimError(f"TVM's runtime runs {host.runtime_threads()} threads, onnxruntime {threads}: set "
                          f"TVM_NUM_THREADS={threads} so that both are timed on the same threads")
@@ -330,7 +330,7 @@ def _measure_pending(plan: BuildPlan, manifest: dict[str, Any], seed: int, runs:
     session = onnxruntime_session(plan.src.path, min(threads, os.cpu_count() or 1))
     t0 = time.perf_counter()
     lat = _host_latency(host.load(plan.out_dir / "model.so"), session, [v.name for v in graph.inputs], inputs, runs,
-                        manifest["target"]["device"], min(threads, os.cpu_count() or 1))
+                        manifest["target"]["device"])
     seconds = {**manifest["compile_seconds"], "measuring latency": round(time.perf_counter() - t0, 3)}
     manifest = _with_estimates({**manifest, "latency": lat, "compile_seconds": seconds}, graph, plan.spec)
     write_atomic(plan.out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -4,7 +4,7 @@ Attention's scores are queries times keys transposed. Exported graphs transpose 
 whole cache per layer per token: 16 us for 3 x 129 x 64 on znver4) and then multiply with an output width of
 past + 1 tokens, which fits no vector tile. Here both operands are read along their contiguous K axis: each
 output is a dot product of two rows, one vector of partial sums per output (3 x 3 x 129 x 64, a decode step's
-scores: 9 us where the transpose and the matmul took 34, znver4). With many query rows (prefill) the GEMM
+scores: 9 us where the transpose took 16 and the GEMM rule's matmul 38, znver4). With many query rows (prefill) the GEMM
 schedule on the transposed copy is faster (its copy amortises over the rows): this kernel is for few rows.
 """
 

@@ -45,6 +45,19 @@ def table_entry(a: tirx.Buffer, p: tirx.Expr, scale: tirx.Expr) -> tirx.Expr:
                  -FULL)
 
 
+@T.macro
+def row_scales(x: T.Buffer, pre: T.Buffer, scale: T.Buffer, m: int, groups: int, prescale: bool) -> None:
+    """scale[i] = the largest |sum| of a group of 4 (pre-scaled) activations of row i: the table entries'
+    unit. Shared by the shuffle (here) and the VNNI (lut_vnni.py) kernels."""
+    for i in T.parallel(m) if m > 1 else T.serial(m):
+        scale[i] = T.float32(0)
+        for g in range(groups):
+            a = T.alloc_buffer((4,), "float32", scope="local")  # the group's (pre-scaled) activations
+            for j in range(4):
+                a[j] = x[i, 4 * g + j] * pre[4 * g + j] if prescale else x[i, 4 * g + j]
+            scale[i] = T.max(scale[i], T.fabs(a[0]) + T.fabs(a[1]) + T.fabs(a[2]) + T.fabs(a[3]))
+
+
 def lut_fits(n: int, k: int, isa: str) -> bool:
     return n % SHUFFLE[isa][1] == 0 and k % 8 == 0
 
@@ -82,13 +95,7 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
         mid = T.alloc_buffer((m, groups, lanes), "int8")  # middle byte, biased by -128
         hi = T.alloc_buffer((m, groups, lanes), "int8")  # high byte, signed
         scale = T.alloc_buffer((m,), "float32")
-        for i in T.parallel(m) if m > 1 else T.serial(m):
-            scale[i] = T.float32(0)
-            for g in range(groups):
-                a = T.alloc_buffer((4,), "float32", scope="local")  # the group's (pre-scaled) activations
-                for j in range(4):
-                    a[j] = x[i, 4 * g + j] * pre[4 * g + j] if fused.pre else x[i, 4 * g + j]
-                scale[i] = T.max(scale[i], T.fabs(a[0]) + T.fabs(a[1]) + T.fabs(a[2]) + T.fabs(a[3]))
+        row_scales(x, pre, scale, m, groups, fused.pre)
         # the tables: m * k/4 * L entries, as many as a 4 x L block of weights
         for ig in T.parallel(m * groups) if m > 1 else T.serial(groups):
             i, g = ig // groups, ig % groups

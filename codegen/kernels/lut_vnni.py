@@ -22,7 +22,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from codegen.kernels import UNFUSED, Fused
-from codegen.kernels.lut import FULL, table_entry
+from codegen.kernels.lut import FULL, row_scales, table_entry
 
 ISA = "avx512vnni"
 ROWS = 16  # rows per register: 64 index bytes = 16 rows x 4 groups
@@ -86,13 +86,7 @@ def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused
         mid = T.alloc_buffer((m, quads, 64), "int8")  # middle byte, biased by -128
         hi = T.alloc_buffer((m, quads, 64), "int8")  # high byte, signed
         scale = T.alloc_buffer((m,), "float32")
-        for i in T.parallel(m) if m > 1 else T.serial(m):
-            scale[i] = T.float32(0)
-            for g in range(groups):
-                a = T.alloc_buffer((4,), "float32", scope="local")
-                for j in range(4):
-                    a[j] = x[i, 4 * g + j] * pre[4 * g + j] if fused.pre else x[i, 4 * g + j]
-                scale[i] = T.max(scale[i], T.fabs(a[0]) + T.fabs(a[1]) + T.fabs(a[2]) + T.fabs(a[3]))
+        row_scales(x, pre, scale, m, groups, fused.pre)
         for ig in T.parallel(m * groups) if m > 1 else T.serial(groups):
             i, g = ig // groups, ig % groups
             a = T.alloc_buffer((4,), "float32", scope="local")
