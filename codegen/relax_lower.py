@@ -61,6 +61,19 @@ def _slice(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
     return out
 
 
+def _gather(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
+    """A constant scalar index is a slice (a layer's KV cache out of the stacked one): strided_slice is
+    injective, so TVM fuses it into its consumer (the cache's concat) where take, an indirect read, runs as a
+    kernel and a copy of its own. Otherwise take, clipped: an out-of-range runtime index must not read wild
+    memory."""
+    data, idx = n.inputs
+    size = data.type.shape[a["axis"]]
+    if idx.is_const and idx.data.ndim == 0:
+        i = int(idx.data) % size
+        return R.reshape(R.strided_slice(x[0], [a["axis"]], [i], [i + 1]), list(n.outputs[0].type.shape))
+    return R.take(x[0], _wrap_negative(x[1], size, idx), axis=a["axis"], mode="clip")
+
+
 def _split(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
     return R.split(x[0], [int(i) for i in np.cumsum(a["sizes"])[:-1]], axis=a["axis"])
 
@@ -283,8 +296,7 @@ LOWERINGS: dict[Op, Lowering] = {
     Op.CONCAT: lambda x, a, n: R.concat(x, axis=a["axis"]),
     Op.SPLIT: _split,
     Op.SLICE: _slice,
-    Op.GATHER: lambda x, a, n: R.take(  # clip: an out-of-range runtime index must not read wild memory
-        x[0], _wrap_negative(x[1], n.inputs[0].type.shape[a["axis"]], n.inputs[1]), axis=a["axis"], mode="clip"),
+    Op.GATHER: _gather,
     Op.GATHER_ELEMENTS: lambda x, a, n: R.gather_elements(
         x[0], _wrap_negative(x[1], n.inputs[0].type.shape[a["axis"]], n.inputs[1]), axis=a["axis"]),
     Op.GATHER_ND: lambda x, a, n: R.gather_nd(x[0], x[1], batch_dims=a["batch_dims"]),

@@ -385,3 +385,45 @@ def test_dot_kernel_matches_numpy(batch: int, m: int, n: int, k: int) -> None:
     args = [tvm.runtime.tensor(v) for v in (a, x, np.zeros((batch, m, n), np.float32))]
     lib["k"](*args)
     np.testing.assert_allclose(args[-1].numpy(), a @ np.swapaxes(x, 1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_small_scratch_buffers_live_on_the_stack() -> None:
+    """A decode GEMV's register tile, the dot kernel's accumulators and the LUT kernels' per-group scratch are
+    stack buffers: TVM turns any local-scope (or >= 1 KiB) allocation into a TVMBackendAllocWorkspace call and a
+    free, per tile inside parallel loops (a 16x576x576 GEMM ran 2x slower so)."""
+    from codegen.kernels.dense import dense_kernel
+    from codegen.kernels.dot import dot_kernel
+    from codegen.schedules.cpu import register_tile
+
+    def workspace_calls(func: tvm.tirx.PrimFunc) -> int:
+        lib = tvm.tirx.build(tvm.IRModule({"k": func.with_attr("global_symbol", "k")}), target=HOST)
+        return lib.inspect_source("ll").count("load ptr, ptr @__TVMBackendAllocWorkspace")
+
+    with HOST:
+        assert workspace_calls(dense_kernel(1, 576, 1536, "float32", "float16", "k", HOST)) == 0
+        assert workspace_calls(dot_kernel(3, 3, 129, 64, register_tile(HOST)[1], "k")) == 0
+    # the LUT kernels allocate their tables (K/4 x 16 bytes each, over 1 KiB here) and nothing else
+    tables = 3 if "avx512vnni" in shuffle_isas(HOST) else 0
+    if tables:
+        assert workspace_calls(vnni_kernel(1, 576, 576, "k", planes=2, fused=Fused(post=True))) == tables
+
+
+@pytest.mark.parametrize("index", [1, -2])
+def test_gather_by_a_constant_index_fuses_into_its_consumer(index: int) -> None:
+    """A layer's KV cache picked out of the stacked one (GATHER by a constant scalar) is a slice that TVM fuses
+    into the cache's concat: one kernel, no copy of its own (take, an indirect read, would be one)."""
+    past = Value("past", TensorType((4, 1, 3, 8, 16), DType.FLOAT32))
+    new = Value("new", TensorType((1, 3, 1, 16), DType.FLOAT32))
+    sel, cat = Value("sel", TensorType((1, 3, 8, 16), DType.FLOAT32)), Value("cat", TensorType((1, 3, 9, 16),
+                                                                                               DType.FLOAT32))
+    graph = Graph("g", [past, new], [cat], [
+        Node(Op.GATHER, [past, Value.const("i", np.array(index, np.int64))], [sel], {"axis": 0}),
+        Node(Op.CONCAT, [sel, new], [cat], {"axis": 2})])
+    ex = host.build(to_relax(graph, HOST), HOST)
+    kernels = [line.split()[1] for line in ex.as_text().splitlines()
+               if line.strip().startswith("call") and not line.split()[1].startswith("vm.builtin")]
+    assert len(kernels) == 1 and "concatenate" in kernels[0] and "take" not in kernels[0]
+    rng = np.random.default_rng(7)
+    xs = [rng.standard_normal(v.type.shape).astype(np.float32) for v in (past, new)]
+    got = host.run(relax.VirtualMachine(ex, tvm.cpu()), xs)[0]
+    np.testing.assert_array_equal(got, interp.run(graph, {"past": xs[0], "new": xs[1]})[0])

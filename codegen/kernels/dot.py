@@ -34,9 +34,9 @@ def dot_kernel(batch: int, m: int, n: int, k: int, lanes: int, name: str) -> tir
                y: T.Buffer((batch, m, n), "float32")):
         T.func_attr({"tirx.noalias": True})
         for o in T.parallel(outs) if parallel else T.serial(outs):
-            b, i, j = o // (m * n), o // n % m, o % n
-            acc = T.alloc_buffer((lanes,), "float32", scope="local")
-            total = T.alloc_buffer((1,), "float32", scope="local")
+            b, i, j = T.bind(o // (m * n)), T.bind(o // n % m), T.bind(o % n)
+            acc = T.alloc_buffer((lanes,), "float32")
+            total = T.alloc_buffer((1,), "float32")
             acc[T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
             for r in range(k // lanes):
                 acc[T.ramp(0, 1, lanes)] = acc[T.ramp(0, 1, lanes)] + a.vload([b, i, r * lanes], vec) * x.vload(

@@ -35,27 +35,53 @@ BLOCKS = 16  # row blocks (of L rows) per parallel task, whose int32 accumulator
 MIN_TASKS = 8  # parallel tasks to keep, where N allows, so every core gets work
 
 
-def table_entry(a: tirx.Buffer, p: tirx.Expr, scale: tirx.Expr) -> tirx.Expr:
-    """Entry p of a group's table (bit j of p set: +a[j], else -a[j]) as an integer of FULL / the row's scale.
-    Clamped: the row's largest entry may round one past FULL (fp32 has 24 bits), which the signed high byte
-    would wrap. Shared by the shuffle (here) and the VNNI (lut_vnni.py) kernels."""
-    total = (T.Select(p & 1 == 1, a[0], -a[0]) + T.Select(p & 2 == 2, a[1], -a[1])
-             + T.Select(p & 4 == 4, a[2], -a[2]) + T.Select(p & 8 == 8, a[3], -a[3]))
-    return T.max(T.min(T.Cast("int32", T.round(total * T.float32(FULL) / T.max(scale, T.float32(1e-30)))), FULL),
-                 -FULL)
+def signed_sum(x: tirx.Buffer, pre: tirx.Buffer, i: tirx.Expr, g: tirx.Expr, p: tirx.Expr,
+               prescale: bool) -> tirx.Expr:
+    """Entry p of group g's table in activation units: the sum of (pre-scaled) x[i, 4g + j], added where bit j
+    of p is set, subtracted where not. Vectorised over p the signs fold to constant vectors: a broadcast and
+    a multiply-add per activation. Shared by the shuffle (here) and the VNNI (lut_vnni.py) kernels."""
+    total = T.float32(0)
+    for j in range(4):
+        a = x[i, 4 * g + j] * pre[4 * g + j] if prescale else x[i, 4 * g + j]
+        total = total + a * T.Cast("float32", (T.shift_right(p, j) & 1) * 2 - 1)
+    return total
+
+
+def table_entry(total: tirx.Expr, inv: tirx.Expr) -> tirx.Expr:
+    """A table entry as an integer of FULL / the row's scale (inv = FULL / scale). Clamped: the row's largest
+    entry may round one past FULL (fp32 has 24 bits), which the signed high byte would wrap."""
+    return T.max(T.min(T.Cast("int32", T.round(total * inv)), FULL), -FULL)
+
+
+def epilogue(total: tirx.Expr, unit: tirx.Expr, post: tirx.Buffer, add: tirx.Buffer, i: tirx.Expr, col: tirx.Expr,
+             lanes: int, fused: Fused) -> tirx.Expr:
+    """An output vector (columns col .. col + lanes - 1 of row i): the integer sums times the table unit, then
+    the fused post-scale and addend. Shared by the shuffle (here) and the VNNI (lut_vnni.py) kernels."""
+    out = total * T.broadcast(unit, lanes)
+    if fused.post:
+        out = out * post[T.ramp(col, 1, lanes)]
+    if fused.add:
+        out = out + add[i, T.ramp(col, 1, lanes)]
+    return out
 
 
 @T.macro
-def row_scales(x: T.Buffer, pre: T.Buffer, scale: T.Buffer, m: int, groups: int, prescale: bool) -> None:
-    """scale[i] = the largest |sum| of a group of 4 (pre-scaled) activations of row i: the table entries'
-    unit. Shared by the shuffle (here) and the VNNI (lut_vnni.py) kernels."""
+def row_scales(x: T.Buffer, pre: T.Buffer, inv: T.Buffer, scale: T.Buffer, m: int, groups: int,
+               prescale: bool) -> None:
+    """scale[i] = the largest entry of row i's tables (the largest |sum| of a group of 4 pre-scaled
+    activations), inv[i] = FULL / scale[i]: the entries' unit. Vectorised over the 16 sign patterns, as the
+    tables are; one scalar division per row. Shared by the shuffle (here) and the VNNI (lut_vnni.py) kernels."""
     for i in T.parallel(m) if m > 1 else T.serial(m):
-        scale[i] = T.float32(0)
+        top = T.alloc_buffer((16,), "float32")  # running max per sign pattern
+        for p in T.vectorized(16):
+            top[p] = T.float32(0)
         for g in range(groups):
-            a = T.alloc_buffer((4,), "float32", scope="local")  # the group's (pre-scaled) activations
-            for j in range(4):
-                a[j] = x[i, 4 * g + j] * pre[4 * g + j] if prescale else x[i, 4 * g + j]
-            scale[i] = T.max(scale[i], T.fabs(a[0]) + T.fabs(a[1]) + T.fabs(a[2]) + T.fabs(a[3]))
+            for p in T.vectorized(16):
+                top[p] = T.max(top[p], signed_sum(x, pre, i, g, p, prescale))
+        scale[i] = T.float32(0)
+        for p in range(16):
+            scale[i] = T.max(scale[i], top[p])
+        inv[i] = T.float32(FULL) / T.max(scale[i], T.float32(1e-30))
 
 
 def lut_fits(n: int, k: int, isa: str) -> bool:
@@ -95,18 +121,16 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
         mid = T.alloc_buffer((m, groups, lanes), "int8")  # middle byte, biased by -128
         hi = T.alloc_buffer((m, groups, lanes), "int8")  # high byte, signed
         scale = T.alloc_buffer((m,), "float32")
-        row_scales(x, pre, scale, m, groups, fused.pre)
+        inv = T.alloc_buffer((m,), "float32")
+        row_scales(x, pre, inv, scale, m, groups, fused.pre)
         # the tables: m * k/4 * L entries, as many as a 4 x L block of weights
         for ig in T.parallel(m * groups) if m > 1 else T.serial(groups):
-            i, g = ig // groups, ig % groups
-            a = T.alloc_buffer((4,), "float32", scope="local")
-            for j in range(4):
-                a[j] = x[i, 4 * g + j] * pre[4 * g + j] if fused.pre else x[i, 4 * g + j]
+            i, g = T.bind(ig // groups), T.bind(ig % groups)
             # p & 15 selects the signs: the table repeats across 128-bit lanes. (No let-bindings inside these
             # vectorised loops: TVM 0.27 vectorises a let-bound value as the scalar of the last lane.)
-            v = T.alloc_buffer((lanes,), "int32", scope="local")
+            v = T.alloc_buffer((lanes,), "int32")
             for p in T.vectorized(lanes):
-                v[p] = table_entry(a, p, scale[i])
+                v[p] = table_entry(signed_sum(x, pre, i, g, p & 15, fused.pre), inv[i])
             for p in T.vectorized(lanes):
                 lo[i, g, p] = T.Cast("int8", (v[p] & 255) - 128)
                 mid[i, g, p] = T.Cast("int8", (T.shift_right(v[p], 8) & 255) - 128)
@@ -125,16 +149,16 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
                     mid16[T.ramp(0, 1, lanes)] = T.broadcast(T.int16(0), lanes)
                     hi16[T.ramp(0, 1, lanes)] = T.broadcast(T.int16(0), lanes)
                     for gi in range(chunk):
-                        gp = kt * tile + c * chunk + gi
-                        b = w.vload([obo * blocks + obi, pl * pairs + gp, 0], u8)
-                        ia = b & T.broadcast(T.uint8(15), lanes)
-                        ib = b >> T.broadcast(T.uint8(4), lanes)
-                        la = T.call_llvm_pure_intrin(i8, intrin, lo.vload([i, 2 * gp, 0], i8), ia)
-                        lb = T.call_llvm_pure_intrin(i8, intrin, lo.vload([i, 2 * gp + 1, 0], i8), ib)
-                        ma = T.call_llvm_pure_intrin(i8, intrin, mid.vload([i, 2 * gp, 0], i8), ia)
-                        mb = T.call_llvm_pure_intrin(i8, intrin, mid.vload([i, 2 * gp + 1, 0], i8), ib)
-                        ha = T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp, 0], i8), ia)
-                        hb = T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp + 1, 0], i8), ib)
+                        gp = T.bind(kt * tile + c * chunk + gi)
+                        b = T.bind(w.vload([obo * blocks + obi, pl * pairs + gp, 0], u8))
+                        ia = T.bind(b & T.broadcast(T.uint8(15), lanes))
+                        ib = T.bind(b >> T.broadcast(T.uint8(4), lanes))
+                        la = T.bind(T.call_llvm_pure_intrin(i8, intrin, lo.vload([i, 2 * gp, 0], i8), ia))
+                        lb = T.bind(T.call_llvm_pure_intrin(i8, intrin, lo.vload([i, 2 * gp + 1, 0], i8), ib))
+                        ma = T.bind(T.call_llvm_pure_intrin(i8, intrin, mid.vload([i, 2 * gp, 0], i8), ia))
+                        mb = T.bind(T.call_llvm_pure_intrin(i8, intrin, mid.vload([i, 2 * gp + 1, 0], i8), ib))
+                        ha = T.bind(T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp, 0], i8), ia))
+                        hb = T.bind(T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp + 1, 0], i8), ib))
                         lo16[T.ramp(0, 1, lanes)] = lo16[T.ramp(0, 1, lanes)] + T.Cast(i16, la) + T.Cast(i16, lb)
                         mid16[T.ramp(0, 1, lanes)] = mid16[T.ramp(0, 1, lanes)] + T.Cast(i16, ma) + T.Cast(i16, mb)
                         hi16[T.ramp(0, 1, lanes)] = hi16[T.ramp(0, 1, lanes)] + T.Cast(i16, ha) + T.Cast(i16, hb)
@@ -146,13 +170,9 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
                         + T.Cast(i32, hi16[T.ramp(0, 1, lanes)]) * T.broadcast(65536, lanes)
                         + T.broadcast(T.int32(128 * 257 * 2 * chunk), lanes)))
                 for obi in range(blocks):
-                    ob = obo * blocks + obi
-                    out = acc[obi, T.ramp(0, 1, lanes)] * T.broadcast(scale[i] / T.float32(FULL * planes), lanes)
-                    if fused.post:
-                        out = out * post[T.ramp(ob * lanes, 1, lanes)]
-                    if fused.add:
-                        out = out + add[i, T.ramp(ob * lanes, 1, lanes)]
-                    y[i, T.ramp(ob * lanes, 1, lanes)] = out
+                    col = T.bind((obo * blocks + obi) * lanes)
+                    y[i, T.ramp(col, 1, lanes)] = epilogue(acc[obi, T.ramp(0, 1, lanes)], scale[i] / T.float32(
+                        FULL * planes), post, add, i, col, lanes, fused)
 
     return _drop_unused(kernel, fused).with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
 

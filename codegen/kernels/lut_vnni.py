@@ -22,7 +22,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from codegen.kernels import UNFUSED, Fused
-from codegen.kernels.lut import FULL, row_scales, table_entry
+from codegen.kernels.lut import FULL, epilogue, row_scales
 
 ISA = "avx512vnni"
 ROWS = 16  # rows per register: 64 index bytes = 16 rows x 4 groups
@@ -32,6 +32,33 @@ BLOCKS = 16  # row blocks per parallel task
 MIN_TASKS = 8
 PERMUTE = "llvm.x86.avx512.permvar.qi.512"
 DOT = "llvm.x86.avx512.vpdpbusd.512"
+SPREAD = "llvm.x86.avx512.permvar.sf.512"
+
+
+def quad_entries(xs: tirx.Expr, c: tirx.Expr) -> tirx.Expr:
+    """Vector c of a quad's table: lane 4L + r holds entry 4c + r of group L (xs: the quad's 16 scaled
+    activations), the order in which _pack's lane-wise packs put entry p of group j at byte 16j + p."""
+    lane = T.ramp(0, 1, 16)
+    total = T.broadcast(T.float32(0), 16)
+    for t in range(4):  # activation 4L + t, added where bit t of the pattern 4c + r is set
+        spread = T.call_llvm_pure_intrin("float32x16", SPREAD, xs, T.shift_right(lane, T.broadcast(2, 16))
+                                         * T.broadcast(4, 16) + T.broadcast(t, 16))
+        pattern = T.broadcast(4 * c, 16) + T.bitwise_and(lane, T.broadcast(3, 16))
+        sign = T.bitwise_and(T.shift_right(pattern, T.broadcast(t, 16)), T.broadcast(1, 16))
+        total = total + spread * T.Cast("float32x16", sign * T.broadcast(2, 16) - T.broadcast(1, 16))
+    return total
+
+
+def _pack(v: tirx.Buffer, mask: int, shift: int, signed: bool) -> tirx.Expr:
+    """Byte `shift / 8` of the 64 entries in v [4, 16] as one int8x64 (packs saturate: the masked low and middle
+    bytes fit unsigned, the shifted high byte signed)."""
+    words, narrow = (("llvm.x86.avx512.packssdw.512", "llvm.x86.avx512.packsswb.512") if signed
+                     else ("llvm.x86.avx512.packusdw.512", "llvm.x86.avx512.packuswb.512"))
+    part = [T.shift_right(v[c, T.ramp(0, 1, 16)], T.broadcast(shift, 16)) for c in range(4)]
+    if mask != -1:
+        part = [T.bitwise_and(p, T.broadcast(mask, 16)) for p in part]
+    return T.call_llvm_pure_intrin("int8x64", narrow, T.call_llvm_pure_intrin("int16x32", words, part[0], part[1]),
+                                   T.call_llvm_pure_intrin("int16x32", words, part[2], part[3]))
 
 
 def vnni_fits(n: int, k: int, planes: int = 2) -> bool:
@@ -86,19 +113,23 @@ def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused
         mid = T.alloc_buffer((m, quads, 64), "int8")  # middle byte, biased by -128
         hi = T.alloc_buffer((m, quads, 64), "int8")  # high byte, signed
         scale = T.alloc_buffer((m,), "float32")
-        row_scales(x, pre, scale, m, groups, fused.pre)
-        for ig in T.parallel(m * groups) if m > 1 else T.serial(groups):
-            i, g = ig // groups, ig % groups
-            a = T.alloc_buffer((4,), "float32", scope="local")
-            for j in range(4):
-                a[j] = x[i, 4 * g + j] * pre[4 * g + j] if fused.pre else x[i, 4 * g + j]
-            v = T.alloc_buffer((16,), "int32", scope="local")
-            for p in T.vectorized(16):
-                v[p] = table_entry(a, p, scale[i])
-            for p in T.vectorized(16):
-                lo[i, g // 4, 16 * (g % 4) + p] = T.Cast("int8", (v[p] & 255) - 128)
-                mid[i, g // 4, 16 * (g % 4) + p] = T.Cast("int8", (T.shift_right(v[p], 8) & 255) - 128)
-                hi[i, g // 4, 16 * (g % 4) + p] = T.Cast("int8", T.shift_right(v[p], 16))
+        inv = T.alloc_buffer((m,), "float32")
+        row_scales(x, pre, inv, scale, m, groups, fused.pre)
+        # a quad's 64 entries at once: four vectors of 16 (vpermps spreads the quad's activations), packed to
+        # bytes by saturating packs whose 128-bit-lane order puts entry p of group j at byte 16j + p
+        for iq in T.parallel(m * quads) if m > 1 else T.serial(quads):
+            i, q = T.bind(iq // quads), T.bind(iq % quads)
+            xs = T.alloc_buffer((16,), "float32")
+            v = T.alloc_buffer((4, 16), "int32")
+            xs[T.ramp(0, 1, 16)] = x[i, T.ramp(16 * q, 1, 16)] * T.broadcast(inv[i], 16)
+            if fused.pre:
+                xs[T.ramp(0, 1, 16)] = xs[T.ramp(0, 1, 16)] * pre[T.ramp(16 * q, 1, 16)]
+            for c in T.unroll(4):
+                v[c, T.ramp(0, 1, 16)] = T.max(T.min(T.Cast("int32x16", T.round(quad_entries(
+                    xs[T.ramp(0, 1, 16)], c))), T.broadcast(FULL, 16)), T.broadcast(-FULL, 16))
+            lo[i, q, T.ramp(0, 1, 64)] = T.bitwise_xor(_pack(v, 255, 0, False), T.broadcast(T.int8(-128), 64))
+            mid[i, q, T.ramp(0, 1, 64)] = T.bitwise_xor(_pack(v, 255, 8, False), T.broadcast(T.int8(-128), 64))
+            hi[i, q, T.ramp(0, 1, 64)] = _pack(v, -1, 16, True)
         for obo in T.parallel(obs // blocks):
             for i in range(m):
                 acc = T.alloc_buffer((blocks, 3, 16), "int32")
@@ -110,13 +141,13 @@ def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused
                     for s, c in T.grid(2, 3):
                         part[s, c, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
                     for pl, qp in T.grid(planes, tile // 2):
-                        b = w.vload([obo, kt, obi, pl, qp, 0], "uint8x64")
+                        b = T.bind(w.vload([obo, kt, obi, pl, qp, 0], "uint8x64"))
                         for s in T.unroll(2):  # the low nibbles index quad 2qp, the high ones quad 2qp + 1
-                            q = kt * tile + 2 * qp + s
+                            q = T.bind(kt * tile + 2 * qp + s)
                             # byte lane 4r + j looks up entries 16j .. 16j + 15
-                            idx = T.reinterpret("int8x64", ((b >> T.broadcast(T.uint8(4 * s), 64)) & T.broadcast(
-                                T.uint8(15), 64)) | T.Cast("uint8x64", (T.ramp(0, 1, 64) % 4) * 16))
-                            ones = T.broadcast(T.int8(1), 64)
+                            idx = T.bind(T.reinterpret("int8x64", ((b >> T.broadcast(T.uint8(4 * s), 64)) & T.broadcast(
+                                T.uint8(15), 64)) | T.Cast("uint8x64", (T.ramp(0, 1, 64) % 4) * 16)))
+                            ones = T.bind(T.broadcast(T.int8(1), 64))
                             part[s, 0, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", DOT, part[
                                 s, 0, T.ramp(0, 1, 16)], ones, T.call_llvm_pure_intrin(
                                 "int8x64", PERMUTE, lo.vload([i, q, 0], "int8x64"), idx))
@@ -129,17 +160,12 @@ def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused
                     for s, c in T.grid(2, 3):
                         acc[obi, c, T.ramp(0, 1, 16)] = acc[obi, c, T.ramp(0, 1, 16)] + part[s, c, T.ramp(0, 1, 16)]
                 for obi in range(blocks):
-                    ob = obo * blocks + obi
+                    col = T.bind((obo * blocks + obi) * 16)
                     # low and middle bytes recombine exactly in int32, the high byte joins in fp32
-                    total = (T.Cast("float32x16", acc[obi, 0, T.ramp(0, 1, 16)]
-                                    + acc[obi, 1, T.ramp(0, 1, 16)] * T.broadcast(256, 16) + T.broadcast(bias, 16))
-                             + T.Cast("float32x16", acc[obi, 2, T.ramp(0, 1, 16)]) * T.broadcast(T.float32(65536), 16))
-                    out = total * T.broadcast(scale[i] / T.float32(FULL * planes), 16)
-                    if fused.post:
-                        out = out * post[T.ramp(ob * 16, 1, 16)]
-                    if fused.add:
-                        out = out + add[i, T.ramp(ob * 16, 1, 16)]
-                    y[i, T.ramp(ob * 16, 1, 16)] = out
+                    y[i, T.ramp(col, 1, 16)] = epilogue(T.Cast("float32x16", acc[obi, 0, T.ramp(0, 1, 16)] + acc[
+                        obi, 1, T.ramp(0, 1, 16)] * T.broadcast(256, 16) + T.broadcast(bias, 16)) + T.Cast(
+                        "float32x16", acc[obi, 2, T.ramp(0, 1, 16)]) * T.broadcast(T.float32(65536), 16),
+                        scale[i] / T.float32(FULL * planes), post, add, i, col, 16, fused)
 
     used = [True, True, fused.pre, fused.post, fused.add, True]
     params = [p for p, keep in zip(kernel.params, used, strict=True) if keep]
