@@ -16,9 +16,10 @@ import numpy as np
 ROWS = COLS = 32
 
 # ZigZag tpu_like.yaml per-access costs, as pJ per byte: MAC 0.04 pJ; rf_128B (weights, in the PEs) 0.095 pJ per
-# 8-bit access; sram_2MB (inputs, outputs) 416.16 pJ read / 378.4 pJ write per 2048-bit access; DRAM 700 / 750 pJ
-# per 64-bit access.
-ZIGZAG_ENERGY = {"int8_mac_pj": 0.04, "register_pj_per_byte": 0.095, "weight_sram_pj_per_byte": 0.095,
+# 8-bit access; rf_2B (partial sums, in the PEs) 0.021 pJ per access; sram_2MB (inputs, outputs) 416.16 pJ read /
+# 378.4 pJ write per 2048-bit access; DRAM 700 / 750 pJ per 64-bit access.
+ZIGZAG_ENERGY = {"int8_mac_pj": 0.04, "register_pj_per_byte": 0.095, "psum_register_pj_per_access": 0.021,
+                 "weight_sram_pj_per_byte": 0.095,
                  "activation_sram_pj_per_byte": 416.16 / 256, "accumulator_sram_pj_per_byte": 416.16 / 256,
                  "dram_read_pj_per_byte": 700 / 8, "dram_write_pj_per_byte": 750 / 8}
 
@@ -26,10 +27,13 @@ ZIGZAG_ENERGY = {"int8_mac_pj": 0.04, "register_pj_per_byte": 0.095, "weight_sra
 NOT_MODELLED_PJ = 1e-9  # a figure the peer does not model: negligible (target files take no zero)
 
 
-def accel_toml(dataflow: str, act_kib: int, wgt_kib: int, acc_kib: int, bandwidth: float, energy: dict) -> str:
-    """An accelerator file with one ROWS x COLS int8 MAC array; energy figures not given are negligible."""
+def accel_toml(dataflow: str, act_kib: int, wgt_kib: int, acc_kib: int, bandwidth: float, energy: dict,
+               partial_sums: str = "accumulator") -> str:
+    """An accelerator file with one ROWS x COLS int8 MAC array (partial-sum policy `partial_sums`, see
+    targets/accel.py); energy figures not given are negligible."""
     e = {"fp16_mac_pj": 1.0, "int8_mac_pj": 0.04, **{k: NOT_MODELLED_PJ for k in (
-        "sign_add_pj", "ternary_add_pj", "vector_op_pj", "register_pj_per_byte", "weight_sram_pj_per_byte",
+        "sign_add_pj", "ternary_add_pj", "vector_op_pj", "register_pj_per_byte", "psum_register_pj_per_access",
+        "weight_sram_pj_per_byte",
         "activation_sram_pj_per_byte", "accumulator_sram_pj_per_byte", "dram_read_pj_per_byte",
         "dram_write_pj_per_byte")}, **energy}
     lines = "\n".join(f"{k} = {v}" for k, v in e.items())
@@ -48,6 +52,7 @@ cols = {COLS}
 dataflow = "{dataflow}"
 pe = "mac"
 kinds = ["int8"]
+partial_sums = "{partial_sums}"
 [buffers.weight]
 kib = {wgt_kib}
 banks = 1

@@ -6,7 +6,13 @@ enters through a port as wide as the fold while the current one computes, so tha
 the R cycles of filling it, and a batch-1 GEMV streams weights at the buffer's rate); its PEs are
 multiply-accumulate units (`pe = "mac"`: fp16 and int8 natively, and sign/ternary weights the DMA decodes to
 fp16 on load) or adders (`pe = "adder"`: sign and ternary weights only, read packed: y += x, y -= x, or skip).
-`kinds` lists the layer kinds the array takes.
+`kinds` lists the layer kinds the array takes. `partial_sums` (optional) is the array's partial-sum and
+drain policy on a weight-stationary or streaming array, whose K folds each produce partial sums:
+`accumulator` (the default; TPU v1's) drains every fold's sums into the fp32 accumulator buffer, a read and a
+write of 4 bytes per output element and fold; `pe` keeps each running sum in its PE's register across the
+folds and drains it once, complete (ZigZag's tpu_like mapping, whose 2-byte O register holds it), so the
+accumulator sees one write per output. Either way each MAC reads and writes its PE's partial-sum register
+(energy.psum_register_pj_per_access); an output-stationary array accumulates in its PEs by construction.
 Buffers are `weight`, `activation` and `accumulator`; the vector unit applies scales and elementwise ops to
 buffered tiles. Everything the accelerator lacks runs on `host` (a CPU target) and is billed with its figures.
 """
@@ -18,6 +24,7 @@ from typing import Any
 from hwsim.errors import HwsimError
 
 DATAFLOWS = ("weight_stationary", "output_stationary", "weight_streaming")
+PARTIAL_SUMS = ("accumulator", "pe")  # where a WS/streaming array's partial sums live between K folds
 PE_KINDS = {"mac": ("fp16", "int8", "sign", "ternary"), "adder": ("sign", "ternary")}
 BUFFERS = ("weight", "activation", "accumulator")
 VECTOR_OPS = ("ADD", "SUB", "MUL", "MAX", "MIN", "NEG", "RELU", "CAST")  # IR ops a vector unit may list
@@ -31,6 +38,7 @@ class ArraySpec:
     dataflow: str
     pe: str
     kinds: tuple[str, ...]
+    partial_sums: str = "accumulator"
 
     @property
     def pes(self) -> int:
@@ -74,7 +82,8 @@ class AccelEnergy:
     sign_add_pj: float
     ternary_add_pj: float
     vector_op_pj: float
-    register_pj_per_byte: float  # PE-local operand registers, per byte an op reads or writes there
+    register_pj_per_byte: float  # PE-local weight registers, per byte an op reads there
+    psum_register_pj_per_access: float  # a PE's partial-sum register, per read or write (two per MAC)
     weight_sram_pj_per_byte: float
     activation_sram_pj_per_byte: float
     accumulator_sram_pj_per_byte: float
@@ -131,7 +140,7 @@ SECTIONS: dict[str, dict[str, tuple[type, bool]]] = {
          "host": (str, True), "arrays": (dict, True), "buffers": (dict, True), "vector": (dict, True),
          "dram": (dict, True), "energy": (dict, True), "area": (dict, True), "links": (dict, False)},
     "array": {"rows": (int, True), "cols": (int, True), "dataflow": (str, True), "pe": (str, True),
-              "kinds": (list, True)},
+              "kinds": (list, True), "partial_sums": (str, False)},
     "buffer": _numbers(BufferSpec),
     "vector": {"lanes": (int, True), "ops": (list, True)},
     "dram": _numbers(DramSpec),
@@ -159,12 +168,13 @@ def parse_accel(data: dict[str, Any], path: Path, check: Any, energy: Any) -> Ac
         check(table, SECTIONS["array"], where, path)
         _choice(path, f"{where}.dataflow", table["dataflow"], DATAFLOWS)
         _choice(path, f"{where}.pe", table["pe"], tuple(PE_KINDS))
+        _choice(path, f"{where}.partial_sums", table.get("partial_sums", PARTIAL_SUMS[0]), PARTIAL_SUMS)
         for kind in table["kinds"]:
             _choice(path, f"{where}.kinds", kind, PE_KINDS[table["pe"]])
         if not table["rows"] or not table["cols"] or not table["kinds"]:
             raise HwsimError(f"{path}: key '{where}' needs rows, cols and kinds that are not zero or empty")
         arrays.append(ArraySpec(name, table["rows"], table["cols"], table["dataflow"], table["pe"],
-                                tuple(table["kinds"])))
+                                tuple(table["kinds"]), table.get("partial_sums", PARTIAL_SUMS[0])))
     buffers = {}
     for name in data["buffers"]:
         _choice(path, f"buffers.{name}", name, BUFFERS)

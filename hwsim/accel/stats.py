@@ -5,7 +5,8 @@ Stall cycles are the compute queue's (the arrays and the vector unit waiting for
 a stored accumulator, or for the DRAM channel); the load and store queues' waits are reported apart.
 
 Energy model: each PE operation at its kind's pJ (a MAC, or an adder PE's add/subtract), plus its register
-traffic (the stationary weight read, and a read and a write of the fp32 partial sum); each vector
+traffic (the stationary weight's bytes at register_pj_per_byte, and a read and a write of its partial-sum
+register at psum_register_pj_per_access); each vector
 element at vector_op_pj; each buffer byte read or written at that buffer's pJ/byte; DRAM bytes at the read
 and write pJ/byte; host-run layers at the host CPU's figures (hwsim/roofline.py). No leakage or clock power.
 """
@@ -17,7 +18,7 @@ from hwsim.accel.isa import DTYPES, KINDS, Instr, Opcode
 from hwsim.accel.program import AccelProgram
 from hwsim.accel.timing import ITEM, Timeline
 from targets import cite_energy, energy_record
-from targets.accel import AccelSpec
+from targets.accel import AccelEnergy, AccelSpec
 
 COMPUTE = ("array", "registers", "vector", "host_compute")  # the rest moves data: SRAM, DRAM, host memory
 
@@ -35,12 +36,13 @@ def _ops(ins: Instr) -> int:
     return a.get("valid", 0) * a.get("tn", 0) * a.get("tk", 0)
 
 
-def _register_bytes(ins: Instr) -> float:
-    """Register bytes per PE operation: the weight (packed bits on adder PEs) and 2 x the fp32 partial sum."""
+def _register_pj(ins: Instr, e: AccelEnergy) -> float:
+    """Register energy per PE operation: the weight's bytes (packed bits on adder PEs) and a read and a write
+    of the partial-sum register."""
     a = ins.args
     kind, wdtype = KINDS[a.get("kind", 0)], DTYPES[a.get("wgt_dtype", 0)]
     wbytes = (1 / 8 if kind == "sign" else 1 / 4) if wdtype == "uint8" and kind in ("sign", "ternary") else ITEM[wdtype]
-    return wbytes + 8
+    return wbytes * e.register_pj_per_byte + 2 * e.psum_register_pj_per_access
 
 
 def summarise(program: AccelProgram, timeline: Timeline) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def summarise(program: AccelProgram, timeline: Timeline) -> dict[str, Any]:
                 ops[array.name] += n_ops
                 busy[array.name] += timeline.end[i] - timeline.start[i]
                 energy["array"] += n_ops * e.op_pj(array.pe, KINDS[ins.args.get("kind", 0)])
-                energy["registers"] += n_ops * _register_bytes(ins) * e.register_pj_per_byte
+                energy["registers"] += n_ops * _register_pj(ins, e)
             elif ins.op is Opcode.ALU:
                 n_el = ins.args.get("rows", 0) * ins.args.get("cols", 0)
                 ops["vector"] += n_el

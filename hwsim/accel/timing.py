@@ -64,12 +64,15 @@ def sram_traffic(ins: Instr, array: ArraySpec | None) -> dict[str, int]:
         ab, kind, wdtype = ITEM[DTYPES[a.get("inp_dtype", 0)]], KINDS[a.get("kind", 0)], DTYPES[a.get("wgt_dtype", 0)]
         packed = kind in ("sign", "ternary") and wdtype == "uint8"  # else dense or decoded to fp16
         wbytes = tn * tk // (8 if kind == "sign" else 4) if packed else tn * tk * ITEM[wdtype]
-        if array.dataflow != "output_stationary":  # weights once, A once per column fold, psums per row fold
-            folds_n, folds_k = math.ceil(tn / array.cols), math.ceil(tk / array.rows)
-            return {"r:weight": wbytes, "r:activation": folds_n * m * tk * ab,
-                    "r:accumulator": folds_k * m * tn * 4, "w:accumulator": folds_k * m * tn * 4}
-        return {"r:weight": wbytes, "r:activation": m * tk * ab,
-                "w:accumulator": m * tn * 4 if a.get("flags", 0) & LAST else 0}
+        drained = {"w:accumulator": m * tn * 4 if a.get("flags", 0) & LAST else 0}  # complete sums, once
+        if array.dataflow == "output_stationary":
+            return {"r:weight": wbytes, "r:activation": m * tk * ab, **drained}
+        # weights once, A once per column fold; partial sums drained per row fold, or kept in the PEs
+        folds_n, folds_k = math.ceil(tn / array.cols), math.ceil(tk / array.rows)
+        if array.partial_sums == "pe":
+            return {"r:weight": wbytes, "r:activation": folds_n * m * tk * ab, **drained}
+        return {"r:weight": wbytes, "r:activation": folds_n * m * tk * ab,
+                "r:accumulator": folds_k * m * tn * 4, "w:accumulator": folds_k * m * tn * 4}
     if ins.op is Opcode.ALU:
         n = a.get("rows", 0) * a.get("cols", 0)
         buf = Buffer(ins.unit).name.lower()
