@@ -9,6 +9,7 @@ import tvm
 from tvm import relax
 from tvm.relax import op as R
 
+from codegen import kv_cache
 from hwsim.ir import Graph, Node, Op, OpGroup, Value, accumulate_inputs, weight_source
 
 Lowering = Callable[[list[relax.Expr], dict[str, Any], Node], relax.Expr]
@@ -340,6 +341,9 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
             and (t := _transposed_operand(n, target)) is not None}
     skip = _unused(graph, [*panels.keys(), *dots.keys()],
                    [*(c for _, chain in panels.values() for c in chain), *dots.values()])
+    caches = kv_cache.find(graph) if target is not None and target.kind.name == "llvm" else []
+    appends = {c: cache for cache in caches for c in cache.layer}
+    skip |= {i for cache in caches for i in cache.skip}
 
     def arg(v: Value) -> relax.Expr:
         if id(v) not in env:
@@ -355,6 +359,9 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
                     expr = _dense_matmul(bb, kernels, arg(n.inputs[0]), n, panels[id(n)][0], target)
                 elif id(n) in dots:
                     expr = _dot_matmul(bb, kernels, arg(n.inputs[0]), arg(dots[id(n)].inputs[0]), n, target)
+                elif id(n) in appends:
+                    cache = appends[id(n)]
+                    expr = kv_cache.append(bb, kernels, cache, n, arg(cache.past), arg(n.inputs[1]))
                 elif n.op in OpGroup.ACCUMULATE and _packed_kernel_fits(n):
                     expr = _accumulate_kernel(bb, kernels, [arg(v) for v in n.inputs], n, target)
                 else:
@@ -365,6 +372,8 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
                     tup = bb.emit(expr)
                     for i, v in enumerate(n.outputs):
                         env[id(v)] = bb.emit(relax.TupleGetItem(tup, i), name_hint=_identifier(v.name))
+            for cache in caches:
+                env[id(cache.present)] = cache.stacked
             outs = [arg(v) for v in graph.outputs]
             result = bb.emit_output(outs[0] if len(outs) == 1 else relax.Tuple(outs))
         bb.emit_func_output(result)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from hwsim.api import compile_model
+from codegen import kv_cache
+from hwsim.api import compile_model, import_graph, resolve_model
 from models.variants import apply_formats, export_variant, load_base
 from models.zoo_build import CachedStep
 
@@ -61,6 +62,10 @@ def test_decode_export_builds_and_matches_onnxruntime(llama_dir: Path, tmp_path:
     assert m["ir"]["ops"]["TERNARY_ACCUMULATE"] == 2 * 7 and m["ir"]["ops"]["CONCAT"] >= 4
     inputs = {i["name"]: i["shape"] for i in m["inputs"]}
     assert inputs["past_keys"] == [2, 1, 2, CONTEXT, 16]
+    # the stacked caches are one padded copy of past, appended in place, each layer's cache a view of it
+    caches = kv_cache.find(import_graph(resolve_model(str(tmp_path / "step.onnx")), None))
+    assert sorted(c.present.name for c in caches) == ["present_keys", "present_values"]
+    assert all(len(c.layer) == 2 for c in caches)
     softmax_widths = {line.split("float32[")[1].split("]")[0].split(",")[-1]
                       for line in (tmp_path / "host" / "ir.txt").read_text().splitlines() if "SOFTMAX" in line}
     assert softmax_widths == {str(CONTEXT + 1)}
