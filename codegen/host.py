@@ -10,6 +10,7 @@ from tvm import relax, topi
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight as dl
 
+from codegen import census as census_pass
 from codegen.schedules.cpu import Elementwise, Matmul
 from codegen.schedules.guard import Guarded
 from codegen.schedules.reduction import SharedRows, Staged
@@ -38,10 +39,11 @@ def tvm_target(target: Target) -> tvm.target.Target:
     return tvm.target.Target(spec)
 
 
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def cpu_pipeline(target: tvm.target.Target, census: list[dict] | None = None) -> tvm.transform.Pass:
     """TVM's CPU pipeline with dlight schedules after fusion, so matmuls and reductions are
     tiled, vectorised and parallel rather than the naive loops legalisation produces; exp, softmax, tanh,
-    erf and sigmoid as TVM's polynomial fast_* forms first (FastMath)."""
+    erf and sigmoid as TVM's polynomial fast_* forms first (FastMath). With `census`, the final module's
+    kernel calls are appended to it (codegen/census.py)."""
     return tvm.transform.Sequential([
         FastMath(),
         *cpu_generic.library_dispatch_passes(target),
@@ -49,6 +51,7 @@ def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
         cpu_schedules(),
         *cpu_generic.dataflow_lower_passes(target),
         *cpu_generic.finalize_passes(target),
+        *([census_pass.recorder(census)] if census is not None else []),
     ])
 
 
@@ -85,9 +88,9 @@ def cpu_schedules() -> tvm.transform.Pass:
                                    Elementwise())
 
 
-def build(mod: tvm.IRModule, target: tvm.target.Target) -> relax.VMExecutable:
+def build(mod: tvm.IRModule, target: tvm.target.Target, census: list[dict] | None = None) -> relax.VMExecutable:
     with target:
-        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+        return tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, census))
 
 
 def export(ex: relax.VMExecutable, path: Path) -> None:
@@ -119,3 +122,30 @@ def time_ms(vm: relax.VirtualMachine, inputs: list[np.ndarray], repeat: int = 20
         vm["main"](*args)
         times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def profile_calls(vm: relax.VirtualMachine, inputs: list[np.ndarray], rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Wall time per run in each function the VM calls (kernels and builtins), by name, from the VM's
+    instrument: us per run and calls per run. The instrument itself adds a few us to every call it times."""
+    dev = tvm.cpu(0)
+    args = [tvm.runtime.tensor(x, dev) for x in inputs]
+    vm["main"](*args)
+    us: dict[str, float] = {}
+    calls: dict[str, float] = {}
+    started: list[float] = []
+
+    def instrument(_func: object, name: str, before: bool, _ret: object, *_args: object) -> int:
+        if before:
+            started.append(time.perf_counter())
+        else:
+            us[name] = us.get(name, 0.0) + (time.perf_counter() - started.pop()) * 1e6 / rounds
+            calls[name] = calls.get(name, 0) + 1 / rounds
+        return 0
+
+    vm.set_instrument(instrument)
+    try:
+        for _ in range(rounds):
+            vm["main"](*args)
+    finally:
+        vm.set_instrument(None)
+    return {"us": us, "calls": {k: round(v, 3) for k, v in calls.items()}}

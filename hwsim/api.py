@@ -230,6 +230,7 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     tvm_target = cuda.tvm_target(spec) if spec.kind == "gpu" else host.tvm_target(spec)
     mod = timed("lowering to Relax", lambda: to_relax(graph, tvm_target))
     lib = tmp / "model.so"
+    census: list[dict[str, Any]] = []
     threads = int(tvm_target.attrs.get("num-cores", os.cpu_count() or 1))
     inputs = random_inputs(graph, seed)
     names = [v.name for v in graph.inputs]
@@ -257,7 +258,7 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
             emulated.append(cross.run_qemu(tmp, xs, threads=threads))
             return emulated[-1].outputs
     else:
-        timed("building with TVM", lambda: host.export(host.build(mod, tvm_target), lib))
+        timed("building with TVM", lambda: host.export(host.build(mod, tvm_target, census), lib))
         vm = host.load(lib)
 
         def execute(xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -296,11 +297,57 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
 
     device = f"{spec.name}: {cpu_name()} ({tvm_target.attrs['mcpu']}), {threads} threads"
     manifest["target"]["device"] = device
+    manifest["census"] = census[-1]
     if not measure:
         manifest["latency"] = {PENDING: "built and verified; timed later, alone on the machine"}
         return _with_estimates(manifest, graph, spec)
     manifest["latency"] = timed("measuring latency", lambda: _host_latency(vm, session, names, inputs, runs, device))
+    manifest["latency"]["calibrated"] = timed("predicting with the calibrated host model", lambda: _calibrated(
+        vm, inputs, manifest, threads, step))
     return _with_estimates(manifest, graph, spec)
+
+
+def _calibrated(vm: Any, inputs: list[np.ndarray], manifest: dict[str, Any], threads: int, step: Progress
+                ) -> dict[str, Any]:
+    """The calibrated host model's prediction for this build beside its measurement, in total, per kernel
+    class and for the ten costliest kernels (measured per call by the VM's instrument)."""
+    from codegen import calibrate, host
+    from hwsim import hostmodel
+
+    if not calibrate.enabled():
+        return {"skipped": "HWSIM_CALIBRATE=0: the calibrated host model was not run"}
+    cal = calibrate.cached(threads, step)
+    census = manifest["census"]
+    pred = hostmodel.predict(census, cal)
+    measured_ms = manifest["latency"]["tvm"]["median_ms"]
+    profile = host.profile_calls(vm, inputs)
+    kernel_class = {k["name"]: k["class"] for k in census["kernels"]}
+
+    def measured(name: str) -> float:
+        return max(0.0, profile["us"].get(name, 0.0) - cal.instrument_us * profile["calls"].get(name, 0)) * 1e-3
+
+    kernels: dict[str, dict[str, Any]] = {}
+    for row in pred["kernels"]:
+        k = kernels.setdefault(row["name"], {"name": row["name"], "class": row["class"], "calls": 0,
+                                             "predicted_ms": 0.0, "measured_ms": measured(row["name"])})
+        k["calls"] += row["calls"]
+        k["predicted_ms"] += row["predicted_ms"]
+    classes = {c: {"calls": sum(k["calls"] for k in kernels.values() if k["class"] == c),
+                   "predicted_ms": round(pred["classes_ms"][c], 4),
+                   "measured_ms": round(sum(k["measured_ms"] for k in kernels.values() if k["class"] == c), 4)}
+               for c in hostmodel.CLASSES}
+    classes["vm"] = {"calls": pred["vm_calls"], "predicted_ms": round(pred["vm_ms"], 4),
+                     "measured_ms": round(sum(measured(n) for n in profile["us"] if n not in kernel_class), 4)}
+    top = sorted(kernels.values(), key=lambda k: -k["measured_ms"])[:10]
+    return {"provenance": "estimated", "model": "calibrated host model (hwsim/hostmodel.py)",
+            "calibration": {"file": str(calibrate.cache_path(threads)), "cpu": cal.cpu, "threads": cal.threads,
+                            "benchmarks": len(cal.benchmarks)},
+            "median_ms": round(pred["median_ms"], 4),
+            "predicted_over_measured": round(pred["median_ms"] / measured_ms, 3),
+            "regime": pred["regime"], "weight_bytes": pred["weight_bytes"], "classes": classes,
+            "kernels": [k | {"predicted_ms": round(k["predicted_ms"], 4), "measured_ms": round(k["measured_ms"], 4)}
+                        for k in top],
+            "measured_by": f"the VM's per-call instrument, mean of 3 runs, less its own {cal.instrument_us} us a call"}
 
 
 def _host_latency(vm: Any, session: Any, names: list[str], inputs: list[np.ndarray], runs: int,
@@ -331,8 +378,10 @@ def _measure_pending(plan: BuildPlan, manifest: dict[str, Any], seed: int, runs:
     t0 = time.perf_counter()
     lat = _host_latency(host.load(plan.out_dir / "model.so"), session, [v.name for v in graph.inputs], inputs, runs,
                         manifest["target"]["device"])
+    manifest = {**manifest, "latency": lat}
+    lat["calibrated"] = _calibrated(host.load(plan.out_dir / "model.so"), inputs, manifest, threads, lambda _: None)
     seconds = {**manifest["compile_seconds"], "measuring latency": round(time.perf_counter() - t0, 3)}
-    manifest = _with_estimates({**manifest, "latency": lat, "compile_seconds": seconds}, graph, plan.spec)
+    manifest = _with_estimates({**manifest, "compile_seconds": seconds}, graph, plan.spec)
     write_atomic(plan.out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 

@@ -52,6 +52,8 @@ def test_compile_builds_a_matrix_verifies_reports_and_is_cached(tmp_path: Path) 
     assert m["ir"]["ops"]["SIGN_ACCUMULATE"] == 8  # two per adapted projection: q and v of both layers
     assert {"tvm", "onnxruntime", "roofline"} <= m["latency"].keys()
     assert m["latency"]["tvm"]["provenance"] == "measured" and m["latency"]["roofline"]["provenance"] == "estimated"
+    assert "HWSIM_CALIBRATE=0" in m["latency"]["calibrated"]["skipped"]  # the suite skips the calibration
+    assert {k["class"] for k in m["census"]["kernels"]} >= {"dense", "accumulate"}  # what the host model prices
     decode = json.loads((out / "lordba" / "host" / "decode" / "manifest.json").read_text())
     assert [i["shape"] for i in decode["inputs"]] == [[1, 1], [2, 1, 4, 128, 64], [2, 1, 4, 128, 64]]  # KV cache
     # unchanged inputs: every build a cache hit that rewrites nothing
