@@ -28,9 +28,10 @@ NOT_MODELLED_PJ = 1e-9  # a figure the peer does not model: negligible (target f
 
 
 def accel_toml(dataflow: str, act_kib: int, wgt_kib: int, acc_kib: int, bandwidth: float, energy: dict,
-               partial_sums: str = "accumulator") -> str:
-    """An accelerator file with one ROWS x COLS int8 MAC array (partial-sum policy `partial_sums`, see
-    targets/accel.py); energy figures not given are negligible."""
+               partial_sums: str = "accumulator", rows: int = ROWS, cols: int = COLS, staging: str = "tiles",
+               channels: str = "shared", prefetch: str = "in_order") -> str:
+    """An accelerator file with one `rows` x `cols` int8 MAC array (partial-sum policy `partial_sums`, staging
+    `staging`, DRAM `channels` and `prefetch`: see targets/accel.py); energy figures not given are negligible."""
     e = {"fp16_mac_pj": 1.0, "int8_mac_pj": 0.04, **{k: NOT_MODELLED_PJ for k in (
         "sign_add_pj", "ternary_add_pj", "vector_op_pj", "register_pj_per_byte", "psum_register_pj_per_access",
         "weight_sram_pj_per_byte",
@@ -43,16 +44,17 @@ def accel_toml(dataflow: str, act_kib: int, wgt_kib: int, acc_kib: int, bandwidt
     sources = "\n".join(f'{k} = "{v}"' for k, v in cited.items())
     return f"""name = "peer"
 kind = "accel"
-description = "a {ROWS}x{COLS} {dataflow} int8 array matching a peer's configuration"
+description = "a {rows}x{cols} {dataflow} int8 array matching a peer's configuration"
 clock_mhz = 1000.0
 host = "cortex-a76"
 [arrays.mac]
-rows = {ROWS}
-cols = {COLS}
+rows = {rows}
+cols = {cols}
 dataflow = "{dataflow}"
 pe = "mac"
 kinds = ["int8"]
 partial_sums = "{partial_sums}"
+staging = "{staging}"
 [buffers.weight]
 kib = {wgt_kib}
 banks = 1
@@ -71,6 +73,8 @@ ops = ["ADD"]
 [dram]
 bandwidth_bytes_per_cycle = {bandwidth}
 latency_cycles = 0
+channels = "{channels}"
+prefetch = "{prefetch}"
 [area]
 mac_pe_units = 1.0
 adder_pe_units = 0.45
@@ -146,13 +150,17 @@ UseRamulatorTrace : False
 """
 
 
-def scalesim_gemm(m: int, k: int, n: int, df: str, sram_kb: int, bandwidth: int) -> dict:
-    """SCALE-Sim on one GEMM: a ROWS x COLS array, dataflow `df` (os, ws), `sram_kb` KB for each operand,
-    `bandwidth` words per cycle. Compute cycles are its total minus its stalls."""
+def scalesim_gemm(m: int, k: int, n: int, df: str, sram_kb: int, bandwidth: int, rows: int = ROWS,
+                  cols: int = COLS) -> dict:
+    """SCALE-Sim on one GEMM: a `rows` x `cols` array, dataflow `df` (os, ws), `sram_kb` KB for each operand,
+    `bandwidth` words (bytes) per cycle on each operand's DRAM interface. Compute cycles are its total minus
+    its stalls; `total_cycles` is its compute report's "Total Cycles" (from the first demand to the last, after
+    the initial fill and before the final drain), `overall_cycles` its "Total Cycles (incl. prefetch)" (from the
+    first DRAM read to the last DRAM write), `dram_bytes` its DRAM reads and writes (one-byte words)."""
     from scalesim.scale_sim import scalesim
 
     with tempfile.TemporaryDirectory() as d:
-        Path(d, "scale.cfg").write_text(SCALESIM_CFG.format(rows=ROWS, cols=COLS, kb=sram_kb, bw=bandwidth, df=df))
+        Path(d, "scale.cfg").write_text(SCALESIM_CFG.format(rows=rows, cols=cols, kb=sram_kb, bw=bandwidth, df=df))
         Path(d, "topo.csv").write_text(f"Layer Name, M, N, K,\ng, {m}, {n}, {k},\n")  # trailing commas: required
         Path(d, "layout.csv").write_text("Layer name, IFMAP SRAM Block Size, IFMAP SRAM Bank Number, "
                                          "FILTER SRAM Block Size, FILTER SRAM Bank Number,\ng, 1, 1, 1, 1,\n")
@@ -161,9 +169,13 @@ def scalesim_gemm(m: int, k: int, n: int, df: str, sram_kb: int, bandwidth: int)
             sim = scalesim(save_disk_space=True, verbose=False, config=f"{d}/scale.cfg", topology=f"{d}/topo.csv",
                            layout=f"{d}/layout.csv", input_type_gemm=True)
             sim.run_scale(top_path=d)
-        _, total, stalls, *_ = sim.runner.single_layer_sim_object_list[0].get_compute_report_items()
+        layer = sim.runner.single_layer_sim_object_list[0]
+        overall, total, stalls, *_ = layer.get_compute_report_items()
+        detail = layer.get_detail_report_items()
+        reads = {"ifmap": int(detail[11]), "filter": int(detail[14])}
         return {"compute_cycles": int(total - stalls), "total_cycles": int(total), "stall_cycles": int(stalls),
-                "seconds": time.perf_counter() - t0}
+                "overall_cycles": int(overall), "dram_read_bytes": reads, "dram_write_bytes": int(detail[17]),
+                "dram_bytes": sum(reads.values()) + int(detail[17]), "seconds": time.perf_counter() - t0}
 
 
 def zigzag_gemm(m: int, k: int, n: int) -> dict:

@@ -13,6 +13,17 @@ write of 4 bytes per output element and fold; `pe` keeps each running sum in its
 folds and drains it once, complete (ZigZag's tpu_like mapping, whose 2-byte O register holds it), so the
 accumulator sees one write per output. Either way each MAC reads and writes its PE's partial-sum register
 (energy.psum_register_pj_per_access); an output-stationary array accumulates in its PEs by construction.
+`staging` (optional) is how the array's operands are staged: `tiles` (the default: the compiler tiles the layer
+to the buffers, each operand in two slots, loaded once per tile it is reused in) or `window` (SCALE-Sim 3's
+read buffers, codegen/accel/window.py: each operand buffer is a window over the operand in the order the array
+consumes it, half active and half prefetching, moving only forward, SCALE-Sim's fold order, a weight-stationary
+array writing every K fold's sums to DRAM). [dram] `channels` (optional): `shared` (the default: one channel
+for every transfer) or `per_buffer` (each buffer its own port at the full bandwidth, as SCALE-Sim's ifmap,
+filter and ofmap interfaces); `prefetch` (optional): `in_order` (the default: a load, or a window fill, starts in the
+load queue's program order, after the slot it overwrites is read: double buffering) or `run_ahead` (window
+fills start as soon as their channel is free, however far ahead of their reads, as SCALE-Sim times each
+prefetch from the end of the one before; window staging only: a tile load that ran ahead would overwrite a
+slot still being read).
 Buffers are `weight`, `activation` and `accumulator`; the vector unit applies scales and elementwise ops to
 buffered tiles. Everything the accelerator lacks runs on `host` (a CPU target) and is billed with its figures.
 """
@@ -25,6 +36,9 @@ from hwsim.errors import HwsimError
 
 DATAFLOWS = ("weight_stationary", "output_stationary", "weight_streaming")
 PARTIAL_SUMS = ("accumulator", "pe")  # where a WS/streaming array's partial sums live between K folds
+STAGINGS = ("tiles", "window")  # how operands are staged in the buffers (module docstring)
+CHANNELS = ("shared", "per_buffer")  # DRAM ports
+PREFETCHES = ("in_order", "run_ahead")  # when a load may start
 PE_KINDS = {"mac": ("fp16", "int8", "sign", "ternary"), "adder": ("sign", "ternary")}
 BUFFERS = ("weight", "activation", "accumulator")
 VECTOR_OPS = ("ADD", "SUB", "MUL", "MAX", "MIN", "NEG", "RELU", "CAST")  # IR ops a vector unit may list
@@ -39,6 +53,7 @@ class ArraySpec:
     pe: str
     kinds: tuple[str, ...]
     partial_sums: str = "accumulator"
+    staging: str = "tiles"
 
     @property
     def pes(self) -> int:
@@ -64,8 +79,10 @@ class VectorSpec:
 
 @dataclass(frozen=True)
 class DramSpec:
-    bandwidth_bytes_per_cycle: float
+    bandwidth_bytes_per_cycle: float  # per channel
     latency_cycles: int
+    channels: str = "shared"
+    prefetch: str = "in_order"
 
 
 @dataclass(frozen=True)
@@ -140,10 +157,11 @@ SECTIONS: dict[str, dict[str, tuple[type, bool]]] = {
          "host": (str, True), "arrays": (dict, True), "buffers": (dict, True), "vector": (dict, True),
          "dram": (dict, True), "energy": (dict, True), "area": (dict, True), "links": (dict, False)},
     "array": {"rows": (int, True), "cols": (int, True), "dataflow": (str, True), "pe": (str, True),
-              "kinds": (list, True), "partial_sums": (str, False)},
+              "kinds": (list, True), "partial_sums": (str, False), "staging": (str, False)},
     "buffer": _numbers(BufferSpec),
     "vector": {"lanes": (int, True), "ops": (list, True)},
-    "dram": _numbers(DramSpec),
+    "dram": {"bandwidth_bytes_per_cycle": (float, True), "latency_cycles": (int, True), "channels": (str, False),
+             "prefetch": (str, False)},
     "area": _numbers(AreaSpec),
 }
 
@@ -169,12 +187,14 @@ def parse_accel(data: dict[str, Any], path: Path, check: Any, energy: Any) -> Ac
         _choice(path, f"{where}.dataflow", table["dataflow"], DATAFLOWS)
         _choice(path, f"{where}.pe", table["pe"], tuple(PE_KINDS))
         _choice(path, f"{where}.partial_sums", table.get("partial_sums", PARTIAL_SUMS[0]), PARTIAL_SUMS)
+        _choice(path, f"{where}.staging", table.get("staging", STAGINGS[0]), STAGINGS)
         for kind in table["kinds"]:
             _choice(path, f"{where}.kinds", kind, PE_KINDS[table["pe"]])
         if not table["rows"] or not table["cols"] or not table["kinds"]:
             raise HwsimError(f"{path}: key '{where}' needs rows, cols and kinds that are not zero or empty")
         arrays.append(ArraySpec(name, table["rows"], table["cols"], table["dataflow"], table["pe"],
-                                tuple(table["kinds"]), table.get("partial_sums", PARTIAL_SUMS[0])))
+                                tuple(table["kinds"]), table.get("partial_sums", PARTIAL_SUMS[0]),
+                                table.get("staging", STAGINGS[0])))
     buffers = {}
     for name in data["buffers"]:
         _choice(path, f"buffers.{name}", name, BUFFERS)
@@ -189,6 +209,11 @@ def parse_accel(data: dict[str, Any], path: Path, check: Any, energy: Any) -> Ac
     for op in data["vector"]["ops"]:
         _choice(path, "vector.ops", op, VECTOR_OPS)
     check(data["dram"], SECTIONS["dram"], "dram", path)
+    _choice(path, "dram.channels", data["dram"].get("channels", CHANNELS[0]), CHANNELS)
+    _choice(path, "dram.prefetch", data["dram"].get("prefetch", PREFETCHES[0]), PREFETCHES)
+    if data["dram"].get("prefetch") == "run_ahead" and any(a.staging != "window" for a in arrays):
+        raise HwsimError(f"{path}: key 'dram.prefetch' = \"run_ahead\" needs every array's staging = \"window\" (a "
+                         "tile load that ran ahead would overwrite a slot still being read)")
     energy_table = energy(data["energy"], AccelEnergy, path)
     check(data["area"], SECTIONS["area"], "area", path)
     if not data["dram"]["bandwidth_bytes_per_cycle"] or not data["vector"]["lanes"] or not data["clock_mhz"]:

@@ -26,9 +26,11 @@ import numpy as np
 from codegen.accel.emit import DramRef, Extras, Piece, emit_copy, emit_gemm, emit_vector, scalar, vector_chunk
 from codegen.accel.tiles import ALIGN, Epilogue, GemmLayer, Tiling, choose_tiling, footprint
 from codegen.accel.tir import TileEvent, schedule_gemm, tile_events
+from codegen.accel.window import emit_window_gemm
 from hwsim import roofline
 from hwsim.accel.isa import Instr, Opcode, Operand
 from hwsim.accel.program import AccelProgram, DramTensor, LayerPlan
+from hwsim.errors import HwsimError
 from hwsim.interp import evaluate
 from hwsim.ir import DType, Graph, Node, Op, OpGroup, TensorType, Value, accumulate_inputs
 from targets import Target, load_target
@@ -303,6 +305,15 @@ def _emit_gemm(i: int, n: Node, layer: GemmLayer, batches: int, roles: dict, ind
                target: Target, tensors: dict[int, DramTensor], plan: LayerPlan) -> list[Instr]:
     accel = target.accel
     where = f"layer '{_label(n)}' ({n.op.name})"
+    if array.staging == "window":
+        extra = next((r for r in ("pre", "post", "add") if r in roles), None)
+        if extra or batches > 1:
+            raise HwsimError(f"{where}: window staging (SCALE-Sim's) takes plain GEMMs, not one with "
+                             f"{f'a {extra} operand' if extra else f'{batches} batches'}")
+        a, w, c = (tensors[id(roles["A"])], tensors[id(roles["W"])], tensors[id(n.outputs[0])])
+        plan.detail = f"{layer.kind} {layer.m}x{layer.n}x{layer.k}, window staging (SCALE-Sim's folds and buffers)"
+        return emit_window_gemm(i, layer, index, array, accel, _ref(a, layer.m, layer.k), _ref(w, layer.k, layer.n),
+                                _ref(c, layer.m, layer.n), where)
     epilogue = Epilogue(pre="pre" in roles, post="post" in roles and roles["post"].type.size > 1, add="add" in roles)
     t = choose_tiling(layer, array, accel, epilogue, where)
     fp = footprint(layer, t, array, epilogue)

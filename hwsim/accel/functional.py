@@ -13,7 +13,20 @@ from collections.abc import Callable
 import numpy as np
 
 from hwsim import interp
-from hwsim.accel.isa import DTYPES, KINDS, RESET, WT, AluOp, Buffer, Instr, Opcode, Operand, imm_value
+from hwsim.accel.isa import (
+    DRAIN,
+    DTYPES,
+    KINDS,
+    RESET,
+    WINDOW_FILL,
+    WT,
+    AluOp,
+    Buffer,
+    Instr,
+    Opcode,
+    Operand,
+    imm_value,
+)
 from hwsim.accel.program import AccelProgram, DramTensor
 from hwsim.accel.timing import Timeline
 from hwsim.errors import HwsimError
@@ -66,6 +79,8 @@ def _execute(ins: Instr, mem: Memory, what: str, graph: Graph, tensors: dict,
     """Read the instruction's operands now; return the write of its results (called at its end)."""
     a = ins.args
     get = ins.args.get
+    if (ins.op is Opcode.LOAD and get("stream") == WINDOW_FILL) or (ins.op is Opcode.STORE and get("stream") == DRAIN):
+        return lambda: None  # a window advance or a write-buffer drain: traffic and time only
     if ins.op is Opcode.LOAD:
         rows, cols, dtype = get("rows", 0), get("cols", 0), DTYPES[get("dtype", 0)]
         data = mem.dram_rows(get("dram", 0), rows, cols, get("stride", 0), dtype, what).copy()

@@ -2,14 +2,20 @@
 synchronise through dependency tokens, plus host calls and barriers.
 
 - LOAD   (load queue)    2-D strided DMA from DRAM into a buffer tile, zero-padding it, optionally decoding
-                         packed sign/ternary bytes to fp16 on the way (for MAC arrays).
+                         packed sign/ternary bytes to fp16 on the way (for MAC arrays). `stream` (window
+                         staging, codegen/accel/window.py): 0 a DMA; WINDOW_READ the tile read out of the
+                         buffer's window, which already holds it (no DRAM traffic: it waits for the last
+                         WINDOW_FILL of its buffer before it); WINDOW_FILL rows x cols bytes from DRAM into
+                         the window (the traffic and time of a window advance; nothing a tile reads).
 - GEMM   (compute queue) acc[tm, tn] (+)= inp[tm, tk] . W on one PE array (`valid` of the tm rows are real);
                          inp rows are `lda` elements apart; W is a weight tile [tk, tn], or [tn, tk] with flag
                          WT, packed ([tn, tk / fields per byte]) for adder PEs. Flags: RESET (start from
                          zero), WT, LAST (the last K chunk: an output-stationary array drains).
 - ALU    (compute queue) the vector unit on buffer tiles: zero, copy/cast, binary ops with a same-shape
                          tile, a row vector broadcast along rows, or an immediate.
-- STORE  (store queue)   a buffer tile back to DRAM, converted to the DRAM tensor's dtype.
+- STORE  (store queue)   a buffer tile back to DRAM, converted to the DRAM tensor's dtype. `stream` (window
+                         staging): WINDOW_WRITE the tile into the write buffer (the data; no DRAM traffic),
+                         DRAIN rows x cols of the write buffer to DRAM (the traffic and time; no data).
 - HOST   (all queues)    an IR node the accelerator lacks, run by the host CPU on DRAM tensors.
 - BARRIER(all queues)    every queue drains before anything after it starts (between layers).
 
@@ -59,6 +65,8 @@ class AluOp(IntEnum):
 
 
 RESET, WT, LAST = 1, 2, 4  # GEMM flags
+WINDOW_READ, WINDOW_FILL = 1, 2  # LOAD `stream`: a tile read from the buffer's window, a window advance
+WINDOW_WRITE, DRAIN = 1, 2  # STORE `stream`: a tile into the write buffer, a write-buffer drain
 
 
 class Operand(IntEnum):
@@ -77,8 +85,8 @@ QUEUE = {Opcode.LOAD: "load", Opcode.GEMM: "compute", Opcode.ALU: "compute", Opc
 
 # the u32 fields of each opcode, in record order (unused trailing fields are zero)
 FIELDS: dict[Opcode, tuple[str, ...]] = {
-    Opcode.LOAD: ("sram", "dram", "rows", "cols", "stride", "dtype", "pad_rows", "pad_cols", "decode"),
-    Opcode.STORE: ("sram", "dram", "rows", "cols", "stride", "dtype", "src_dtype", "src_cols"),
+    Opcode.LOAD: ("sram", "dram", "rows", "cols", "stride", "dtype", "pad_rows", "pad_cols", "decode", "stream"),
+    Opcode.STORE: ("sram", "dram", "rows", "cols", "stride", "dtype", "src_dtype", "src_cols", "stream"),
     Opcode.GEMM: ("inp", "wgt", "acc", "tm", "tn", "tk", "lda", "valid", "kind", "inp_dtype", "wgt_dtype",
                   "flags"),
     Opcode.ALU: ("alu", "operand", "dst", "src", "src2", "rows", "cols", "dtype", "src_dtype", "src2_dtype",
@@ -153,6 +161,10 @@ def _describe(ins: Instr) -> str:
             text += f" pad=+{a.get('pad_rows', 0)}x+{a.get('pad_cols', 0)}"
         if a.get("decode"):
             text += f" decode={KINDS[a['decode']]}->fp16"
+        if a.get("stream"):
+            text += " " + {(Opcode.LOAD, WINDOW_READ): "window-read", (Opcode.LOAD, WINDOW_FILL): "window-fill",
+                           (Opcode.STORE, WINDOW_WRITE): "window-write", (Opcode.STORE, DRAIN): "drain"}[
+                (ins.op, a["stream"])]
         return text
     if ins.op is Opcode.GEMM:
         flags = a.get("flags", 0)

@@ -3,8 +3,16 @@ overlapping as far as their dependency tokens allow, one DRAM channel shared by 
 arrays timed by the systolic fold formulas, host calls and barriers draining every queue.
 
 Timing rules (cycles of the accelerator clock):
-- LOAD: DRAM latency + bytes / bandwidth; STORE: bytes / bandwidth. Each transfer holds the DRAM channel
-  for its bytes / bandwidth, in the first free interval after it is ready (loads and stores contend).
+- LOAD: DRAM latency + bytes / bandwidth; STORE: bytes / bandwidth. Each transfer holds its DRAM channel
+  for its bytes / bandwidth, in the first free interval after it is ready: one channel that loads and
+  stores contend for, or one per buffer (dram.channels = "per_buffer", SCALE-Sim's per-operand ports).
+- Window staging (LOAD `stream`): a WINDOW_FILL is a DRAM transfer into its buffer's window; with
+  dram.prefetch = "run_ahead" it starts when its channel is free, outside the load queue's order (SCALE-Sim
+  times each prefetch from the end of the previous one), else in order like any load. A WINDOW_READ moves
+  no DRAM data: it starts once the last fill of its buffer before it has arrived and lasts its bytes at
+  the buffer's bytes_per_cycle; so does a WINDOW_WRITE store. A DRAIN store is the DRAM transfer, started
+  once its fold's sums exist and its channel is free, beside the store queue (the write buffer keeps
+  taking results while it drains).
 - GEMM on an R x C array, per fold of the tile: weight-stationary m + 2R + C - 2 (R to fill the weights,
   m rows streamed, R + C - 2 of skew), output-stationary tk per K chunk plus R + C - 2 to drain on the last
   chunk; SCALE-Sim's compute cycles for the same dataflows. Weight-streaming (no SCALE-Sim counterpart): each
@@ -21,7 +29,20 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from hwsim.accel.isa import DTYPES, KINDS, LAST, AluOp, Buffer, Instr, Opcode, Operand
+from hwsim.accel.isa import (
+    DRAIN,
+    DTYPES,
+    KINDS,
+    LAST,
+    WINDOW_FILL,
+    WINDOW_READ,
+    WINDOW_WRITE,
+    AluOp,
+    Buffer,
+    Instr,
+    Opcode,
+    Operand,
+)
 from targets.accel import AccelSpec, ArraySpec
 
 # the channel an instruction of a queue pushes to / pops from, towards its neighbours
@@ -54,9 +75,13 @@ def sram_traffic(ins: Instr, array: ArraySpec | None) -> dict[str, int]:
         per = 8 // (1 if KINDS[a.get("decode", 0)] == "sign" else 2) if a.get("decode") else 1
         sram = (rows + a.get("pad_rows", 0)) * (cols * per + a.get("pad_cols", 0)) * (
             2 if a.get("decode") else ITEM[DTYPES[a.get("dtype", 0)]])
+        if a.get("stream") == WINDOW_READ:  # the array reads the window in place: its GEMM bills the reads
+            return {}
         return {"dram:r": rows * cols * ITEM[DTYPES[a.get("dtype", 0)]], f"w:{Buffer(ins.unit).name.lower()}": sram}
     if ins.op is Opcode.STORE:
         rows, cols = a.get("rows", 0), a.get("cols", 0)
+        if a.get("stream") == WINDOW_WRITE:  # into the write buffer: its drains bill the traffic
+            return {}
         return {"dram:w": rows * cols * ITEM[DTYPES[a.get("dtype", 0)]],
                 f"r:{Buffer(ins.unit).name.lower()}": rows * cols * ITEM[DTYPES[a.get("src_dtype", 0)]]}
     if ins.op is Opcode.GEMM and array is not None:
@@ -140,17 +165,32 @@ def simulate(program: list[Instr], spec: AccelSpec, host_cycles: dict[int, int])
     free = {"load": 0, "compute": 0, "store": 0}
     pushed: dict[str, list[int]] = defaultdict(list)  # channel -> end cycle of each token's producer
     popped: dict[str, int] = defaultdict(int)
-    dram = DramChannel()
+    per_buffer = spec.dram.channels == "per_buffer"
+    channels: dict[int, DramChannel] = defaultdict(DramChannel)  # buffer (or 0: the shared one) -> channel
+    filled: dict[int, tuple[int, int]] = {}  # buffer -> (start, end) of its last window fill
     bw, latency = spec.dram.bandwidth_bytes_per_cycle, spec.dram.latency_cycles
+    barrier = 0
     for i, ins in enumerate(program):
+        stream = ins.args.get("stream", 0) if ins.op is Opcode.LOAD else 0
+        in_place = ins.op is Opcode.STORE and ins.args.get("stream") == WINDOW_WRITE
+        drain = ins.op is Opcode.STORE and ins.args.get("stream") == DRAIN  # beside the store queue, not in it
+        if stream == WINDOW_FILL and spec.dram.prefetch == "run_ahead":
+            xfer = max(1, math.ceil(traffic[i].get("dram:r", 0) / bw))
+            after = max(filled.get(ins.unit, (0, 0))[0], barrier)  # in order per buffer, after the last barrier
+            start[i] = channels[ins.unit if per_buffer else 0].reserve(after, xfer)
+            end[i] = start[i] + xfer + latency
+            filled[ins.unit] = (start[i], end[i])
+            continue
         if ins.queue == "sync":
             start[i] = max(free.values())
             end[i] = start[i] + duration(ins, spec, traffic[i], host_cycles)
             for q in free:
                 free[q] = end[i]
+            barrier = end[i]
             continue
         q = ins.queue
-        ready, cause = free[q], None
+        base = barrier if drain else free[q]
+        ready, cause = base, None
         for direction, count in (("prev", ins.pop_prev), ("next", ins.pop_next)):
             if not count:
                 continue
@@ -163,20 +203,30 @@ def simulate(program: list[Instr], spec: AccelSpec, host_cycles: dict[int, int])
             popped[channel] = k
             if t > ready:
                 ready, cause = t, STALL_CAUSE[channel]
+        if stream == WINDOW_READ and filled.get(ins.unit, (0, 0))[1] > ready:
+            ready, cause = filled[ins.unit][1], "waiting for a window fill"
         if cause:
-            stalls[i][cause] = ready - free[q]
-        if ins.op in (Opcode.LOAD, Opcode.STORE):
+            stalls[i][cause] = ready - base
+        if stream == WINDOW_READ or in_place:
+            rows, cols = ins.args.get("rows", 0), ins.args.get("cols", 0)
+            nbytes = rows * cols * ITEM[DTYPES[ins.args.get("dtype", 0)]]
+            start[i], end[i] = ready, ready + max(1, math.ceil(nbytes / spec.buffers[Buffer(ins.unit).name.lower()]
+                                                                 .bytes_per_cycle))
+        elif ins.op in (Opcode.LOAD, Opcode.STORE):
             nbytes = traffic[i].get("dram:r", 0) + traffic[i].get("dram:w", 0)
             xfer = max(1, math.ceil(nbytes / bw))
-            begin = dram.reserve(ready, xfer)
+            begin = channels[ins.unit if per_buffer else 0].reserve(ready, xfer)
             if begin > ready:
                 stalls[i]["waiting for the DRAM channel"] = begin - ready
             start[i] = begin
             end[i] = begin + xfer + (latency if ins.op is Opcode.LOAD else 0)
+            if stream == WINDOW_FILL:
+                filled[ins.unit] = (start[i], end[i])
         else:
             start[i] = ready
             end[i] = ready + duration(ins, spec, traffic[i], host_cycles)
-        free[q] = end[i]
+        if not drain:
+            free[q] = end[i]
         for direction, count in (("prev", ins.push_prev), ("next", ins.push_next)):
             if count:
                 pushed[CHANNELS[(q, direction)]].extend([end[i]] * count)
