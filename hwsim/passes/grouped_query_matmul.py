@@ -17,7 +17,7 @@ import math
 from hwsim.ir import Graph, Node, Op, Value, infer
 
 
-def _step(p: Node) -> Value | None:
+def layout_step(p: Node) -> Value | None:
     """The input a layout-only step on the way from the broadcast to the MATMUL keeps, or None if `p` is not
     one: a RESHAPE of the leading (head) dims, a TRANSPOSE of the last two dims, a MUL by a scalar constant."""
     src = p.inputs[0]
@@ -38,7 +38,7 @@ def _repeated(v: Value) -> tuple[Node, list[Node]] | None:
     (broadcast side first); None unless `v` is such a repeat."""
     steps: list[Node] = []
     while v.producer is not None and v.producer.op is not Op.BROADCAST_TO:
-        src = _step(v.producer)
+        src = layout_step(v.producer)
         if src is None:
             return None
         steps.append(v.producer)
