@@ -108,7 +108,7 @@ def main() -> int:
         ok = BAND[0] <= r[key] <= BAND[1]
         cells[-1] = f"[{'green' if ok else 'red'}]{cells[-1]}"
         table.add_row(*cells)
-    Console().print(table)
+    Console(width=200).print(table)
     ratios = [r[key] for r in found]
     inside = sum(BAND[0] <= x <= BAND[1] for x in ratios)
     print(f"{inside} of {len(found)} builds within {BAND[0]}-{BAND[1]} ({key}); ratios {min(ratios):.2f}-"

@@ -15,7 +15,11 @@ from tvm import relax
 
 # Kernel classes, by the generator that made the kernel (codegen/kernels, codegen/kv_cache) or, for TVM's
 # own legalised kernels, whether a matmul or a transpose is among the fused ops.
-CLASSES = ("lut", "accumulate", "dense", "matmul", "attention", "layout", "other")
+CLASSES = ("lut", "accumulate", "dense", "matmul", "attention", "erf", "math", "norm", "layout", "other")
+ERF = ("gelu", "erf")  # erf per element (libm's, scalar): GELU
+# other transcendental elementwise work (TVM 0.27 names the legalised sigmoid "<lambda>")
+MATH = ("tanh", "sigmoid", "<lambda>", "softmax", "exp")
+NORMS = ("layer_norm",)  # TVM's LayerNorm kernel (an RMSNorm is a fused mean and scale: "other")
 _SHAPE = re.compile(r"_(\d+(?:x\d+)+)")
 
 
@@ -30,6 +34,12 @@ def classify(name: str) -> str:
         return "attention"
     if "matmul" in name:
         return "matmul"
+    if any(m in name for m in ERF):
+        return "erf"
+    if any(m in name for m in MATH):
+        return "math"
+    if any(name.startswith(m) for m in NORMS):
+        return "norm"
     return "layout" if "transpose" in name else "other"  # a transpose reads or writes with a stride
 
 
@@ -69,8 +79,11 @@ def kernel_call(name: str, args: list[tuple[tuple[int, ...], int, bool]], parall
     flops = _flops(name, cls, [s for s, _, _ in args])
     if name.startswith("ternary_accumulate_lut"):
         flops *= 2  # trits as two sign planes: twice the lookups
+    dims = _dims(name)
+    # a LUT kernel first builds, per activation row, 16 entries for every group of 4 of its K inputs
+    table = 4 * dims[0] * dims[2] if cls == "lut" and len(dims) == 3 else 0
     return {"name": name, "class": cls, "parallel": parallel, "weight_bytes": weight, "act_bytes": act,
-            "flops": flops}
+            "flops": flops, "table_entries": table}
 
 
 def take(mod: tvm.IRModule) -> dict[str, Any]:

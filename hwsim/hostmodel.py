@@ -5,7 +5,8 @@ A build's time is the sum over its kernel calls of
 
     fixed[class] (+ fixed[parallel] for a kernel with a parallel loop)
                  + weight bytes x ns_per_weight_byte[class, regime] + activation bytes x ns_per_act_byte
-                 + flops x ns_per_flop[class, regime]
+                 + flops x ns_per_flop[class, regime] (elements x ns_per_element[class]: erf, math, norm)
+                 + table entries x ns_per_table_entry (a LUT kernel's tables: 16 per row and group of 4 inputs)
 
 plus every other VM call (allocation, views, shape checks) at vm_call_us. The regime is "cache" when the
 weights a run streams fit in the last-level cache (they stay there from one run to the next, as they do
@@ -20,16 +21,18 @@ from typing import Any
 
 import numpy as np
 
-CLASSES = ("lut", "accumulate", "dense", "matmul", "attention", "layout", "other")  # codegen/census.py's
+CLASSES = ("lut", "accumulate", "dense", "matmul", "attention", "erf", "math", "norm", "layout", "other")  # census
 WEIGHTED = ("lut", "accumulate", "dense", "matmul")  # classes that stream constant weights
 COMPUTING = ("lut", "accumulate", "dense", "matmul", "attention")  # classes priced per flop
+ELEMENTWISE = ("erf", "math", "norm")  # classes priced per output element (transcendentals, LayerNorm)
 REGIMES = ("cache", "dram")
 
 
 def parameter_names() -> list[str]:
     return ([f"fixed_us.{c}" for c in CLASSES] + ["fixed_us.parallel"]
             + [f"ns_per_weight_byte.{c}.{r}" for c in WEIGHTED for r in REGIMES]
-            + [f"ns_per_flop.{c}.{r}" for c in COMPUTING for r in REGIMES] + ["ns_per_act_byte", "vm_call_us"])
+            + [f"ns_per_flop.{c}.{r}" for c in COMPUTING for r in REGIMES]
+            + [f"ns_per_element.{c}" for c in ELEMENTWISE] + ["ns_per_table_entry", "ns_per_act_byte", "vm_call_us"])
 
 
 def weight_bytes(census: dict[str, Any]) -> int:
@@ -51,6 +54,10 @@ def _kernel_features(k: dict[str, Any], where: str) -> dict[str, float]:
         f["ns_per_act_byte"] += k["weight_bytes"] * 1e-3
     if cls in COMPUTING:  # per regime too: a kernel's arithmetic overlaps its stream less well from DRAM
         f[f"ns_per_flop.{cls}.{where}"] = k["flops"] * 1e-3
+    if cls in ELEMENTWISE:
+        f[f"ns_per_element.{cls}"] = k["flops"] * 1e-3
+    if k.get("table_entries"):
+        f["ns_per_table_entry"] = k["table_entries"] * 1e-3
     return f
 
 

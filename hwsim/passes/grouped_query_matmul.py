@@ -55,7 +55,8 @@ def _repeated(v: Value) -> tuple[Node, list[Node]] | None:
     return b, steps[::-1]
 
 
-def _add(new: list[Node], op: Op, inputs: list[Value], attrs: dict, name: str) -> Value:
+def add_node(new: list[Node], op: Op, inputs: list[Value], attrs: dict, name: str) -> Value:
+    """Append a node named `name` to `new`; its output, typed by inference."""
     out = Value(name, infer(op, [v.type for v in inputs], attrs)[0])
     new.append(Node(op, inputs, [out], attrs, name=name))
     return out
@@ -78,9 +79,9 @@ def grouped_query_matmul(graph: Graph) -> bool:
         base = f"{out.name}.gqa"
         # the queries of the G heads sharing a KV head, as one matrix per KV head: [.., KV, G*S, K]
         rows = a.type.shape[-2] * groups
-        qa = _add(new, Op.RESHAPE, [a], {"shape": (*lead, rows, a.type.shape[-1])}, f"{base}.q")
+        qa = add_node(new, Op.RESHAPE, [a], {"shape": (*lead, rows, a.type.shape[-1])}, f"{base}.q")
         src = bcast.inputs[0]
-        kv = _add(new, Op.RESHAPE, [src], {"shape": (*lead, *src.type.shape[-2:])}, f"{base}.kv")
+        kv = add_node(new, Op.RESHAPE, [src], {"shape": (*lead, *src.type.shape[-2:])}, f"{base}.kv")
         # scalar scales move to the (G times smaller, per KV head) queries; a transpose stays last, so a backend
         # may read the keys untransposed (codegen/kernels/dot.py)
         transposes = 0
@@ -89,11 +90,11 @@ def grouped_query_matmul(graph: Graph) -> bool:
                 transposes += 1
             elif s.op is Op.MUL:
                 scalar = s.inputs[1] if s.inputs[1].is_const else s.inputs[0]
-                qa = _add(new, Op.MUL, [qa, scalar], {}, f"{base}.s{i}")
+                qa = add_node(new, Op.MUL, [qa, scalar], {}, f"{base}.s{i}")
         if transposes % 2:
             r = kv.type.rank
-            kv = _add(new, Op.TRANSPOSE, [kv], {"perm": (*range(r - 2), r - 1, r - 2)}, f"{base}.t")
-        prod = _add(new, Op.MATMUL, [qa, kv], {}, f"{base}.mm")
+            kv = add_node(new, Op.TRANSPOSE, [kv], {"perm": (*range(r - 2), r - 1, r - 2)}, f"{base}.t")
+        prod = add_node(new, Op.MATMUL, [qa, kv], {}, f"{base}.mm")
         new.append(Node(Op.RESHAPE, [prod], [out], {"shape": out.type.shape}, name=f"{base}.out"))
         i = graph.nodes.index(mm)
         graph.nodes[i:i + 1] = new

@@ -13,14 +13,8 @@ first; the old chain becomes dead (eliminate_dead_code runs after this pass).
 
 import math
 
-from hwsim.ir import Graph, Node, Op, Value, infer
-from hwsim.passes.grouped_query_matmul import layout_step
-
-
-def _add(new: list[Node], op: Op, inputs: list[Value], attrs: dict, name: str) -> Value:
-    out = Value(name, infer(op, [v.type for v in inputs], attrs)[0])
-    new.append(Node(op, inputs, [out], attrs, name=name))
-    return out
+from hwsim.ir import Graph, Node, Op
+from hwsim.passes.grouped_query_matmul import add_node, layout_step
 
 
 def scale_to_queries(graph: Graph) -> bool:
@@ -45,13 +39,13 @@ def scale_to_queries(graph: Graph) -> bool:
         base = f"{out.name}.scaled"
         q = a
         for i, s in enumerate(reversed(scales)):
-            q = _add(new, Op.MUL, [q, s.inputs[1] if s.inputs[1].is_const else s.inputs[0]], {}, f"{base}.q{i}")
+            q = add_node(new, Op.MUL, [q, s.inputs[1] if s.inputs[1].is_const else s.inputs[0]], {}, f"{base}.q{i}")
         k = v
         if k.type.shape[:-2] != b.type.shape[:-2]:
-            k = _add(new, Op.RESHAPE, [k], {"shape": (*b.type.shape[:-2], *k.type.shape[-2:])}, f"{base}.k")
+            k = add_node(new, Op.RESHAPE, [k], {"shape": (*b.type.shape[:-2], *k.type.shape[-2:])}, f"{base}.k")
         if transposes % 2:
             r = k.type.rank
-            k = _add(new, Op.TRANSPOSE, [k], {"perm": (*range(r - 2), r - 1, r - 2)}, f"{base}.kt")
+            k = add_node(new, Op.TRANSPOSE, [k], {"perm": (*range(r - 2), r - 1, r - 2)}, f"{base}.kt")
         new.append(Node(Op.MATMUL, [q, k], [out], dict(mm.attrs), name=mm.name))
         i = graph.nodes.index(mm)
         graph.nodes[i:i + 1] = new
