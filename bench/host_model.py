@@ -7,10 +7,11 @@ roofline beside both. Prints a table and writes JSON.
 Each build's manifest carries the prediction, made when the build was timed (`latency.calibrated`), with
 its per-class and per-kernel split; this script collects them. A build is timed once, alone, when it is
 compiled; on a shared machine a burst of load from elsewhere can slow everything 2-3x for a minute, so
-`--retime R` times every build again in R interleaved rounds (each round runs each build for `--round-s`
-seconds and keeps its median): the quietest round's median (`retimed_ms`), with the spread of the rounds
-beside it, is what the prediction is then compared with. Same harness for every build; the in-compile
-figure stays in the table and JSON.
+`--retime R` times every build again, each in its own fresh process (one that has loaded many builds runs
+some of them up to 2x slower), R rounds of `--round-s` seconds, in two passes in opposite orders: the
+quietest round's median (`retimed_ms`), with the spread of the rounds beside it, is what the prediction is
+then compared with. Same harness for every build; the in-compile figure stays in the table and JSON.
+`--repredict` predicts again from each build's recorded census with this code's model and calibration.
 """
 
 import argparse
@@ -39,41 +40,70 @@ def rows(root: Path) -> list[dict]:
     return out
 
 
-def retime(found: list[dict], root_of: dict[str, Path], rounds: int, round_s: float) -> None:
-    """Time every build in `rounds` interleaved rounds (see the module docstring); adds retimed_ms (the
-    quietest round's median), rounds_ms and predicted_over_retimed to each row."""
+def _child(build: Path, rounds: int, round_s: float) -> None:
+    """(In a fresh process) time one build: `rounds` rounds of `round_s` seconds, print their medians as JSON."""
     import time
 
     import numpy as np
     import tvm
-    from rich.progress import track
 
     from codegen import host
     from hwsim.api import import_graph, resolve_model
     from hwsim.reference import random_inputs
 
-    loaded = []
-    for r in track(found, "loading the builds", transient=True):
-        d = root_of[r["build"]]
-        m = json.loads((d / "manifest.json").read_text())
-        shapes = {k: tuple(v) for k, v in (m.get("options", {}).get("shapes") or {}).items()}
-        graph = import_graph(resolve_model(m["model"]["path"]), shapes or None)
-        args = [tvm.runtime.tensor(x, tvm.cpu(0)) for x in random_inputs(graph, 0)]
-        loaded.append((host.load(d / "model.so"), args))
-    per: list[list[float]] = [[] for _ in found]
-    for _ in track(range(rounds), "timing in interleaved rounds", transient=True):
-        for i, (vm, args) in enumerate(loaded):
+    m = json.loads((build / "manifest.json").read_text())
+    shapes = {k: tuple(v) for k, v in (m.get("options", {}).get("shapes") or {}).items()}
+    graph = import_graph(resolve_model(m["model"]["path"]), shapes or None)
+    args = [tvm.runtime.tensor(x, tvm.cpu(0)) for x in random_inputs(graph, 0)]
+    vm = host.load(build / "model.so")
+    medians = []
+    for _ in range(rounds):
+        vm["main"](*args)
+        times, start = [], time.perf_counter()
+        while time.perf_counter() - start < round_s or len(times) < 5:
+            t0 = time.perf_counter()
             vm["main"](*args)
-            times, start = [], time.perf_counter()
-            while time.perf_counter() - start < round_s or len(times) < 5:
-                t0 = time.perf_counter()
-                vm["main"](*args)
-                times.append((time.perf_counter() - t0) * 1e3)
-            per[i].append(float(np.median(times)))
-    for r, ms in zip(found, per, strict=True):
-        r["rounds_ms"] = [round(x, 4) for x in ms]
-        r["retimed_ms"] = min(ms)
+            times.append((time.perf_counter() - t0) * 1e3)
+        medians.append(float(np.median(times)))
+    print(json.dumps(medians))
+
+
+def retime(found: list[dict], root_of: dict[str, Path], rounds: int, round_s: float) -> None:
+    """Time every build again, each in its own fresh process (one that has loaded many builds runs some of
+    them up to 2x slower), in two passes in opposite orders of `rounds` rounds each; adds retimed_ms (the
+    quietest round's median), rounds_ms and predicted_over_retimed to each row."""
+    import subprocess
+
+    from rich.progress import track
+
+    per: dict[str, list[float]] = {r["build"]: [] for r in found}
+    order = [r["build"] for r in found]
+    for build in track(order + order[::-1], "timing each build in a fresh process", transient=True):
+        done = subprocess.run([sys.executable, __file__, "--child", str(root_of[build]), str(rounds), str(round_s)],
+                              capture_output=True, text=True, check=True)
+        per[build] += json.loads(done.stdout.strip().splitlines()[-1])
+    for r in found:
+        r["rounds_ms"] = [round(x, 4) for x in per[r["build"]]]
+        r["retimed_ms"] = min(per[r["build"]])
         r["predicted_over_retimed"] = r["predicted_ms"] / r["retimed_ms"]
+
+
+def repredict(found: list[dict], root_of: dict[str, Path]) -> None:
+    """Predict every build again from its recorded census with this code's classes and calibration (builds
+    compiled before a change of the model carry the older model's prediction)."""
+    from codegen import calibrate, census
+    from codegen.host import runtime_threads
+    from hwsim import hostmodel
+
+    cal = calibrate.cached(runtime_threads())
+    for r in found:
+        m = json.loads((root_of[r["build"]] / "manifest.json").read_text())
+        kernels = []
+        for k in m["census"]["kernels"]:
+            cls = census.classify(k["name"])
+            kernels.append(k | {"class": cls, "table_entries": census.table_entries(k["name"], cls)})
+        r["predicted_ms"] = hostmodel.predict({**m["census"], "kernels": kernels}, cal)["median_ms"]
+        r["predicted_over_measured"] = r["predicted_ms"] / r["measured_ms"]
 
 
 def main() -> int:
@@ -82,7 +112,14 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--retime", type=int, default=0, metavar="R",
                     help="time every build again in R interleaved rounds and compare with the quietest")
-    ap.add_argument("--round-s", type=float, default=0.2, help="seconds per build per round (--retime)")
+    ap.add_argument("--round-s", type=float, default=0.1, help="seconds per build per round (--retime)")
+    ap.add_argument("--repredict", action="store_true",
+                    help="predict again with this code's model and calibration (from each build's census)")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    if "--child" in sys.argv:
+        _, build, rounds, round_s = sys.argv[1:5]
+        _child(Path(build), int(rounds), float(round_s))
+        return 0
     args = ap.parse_args()
     found = [r for root in args.roots for r in rows(root)]
     root_of = {r["build"]: root.parent / r["build"] for root in args.roots for r in rows(root)}
@@ -90,6 +127,8 @@ def main() -> int:
         print(f"no timed host build with a calibrated prediction under {', '.join(map(str, args.roots))}",
               file=sys.stderr)
         return 2
+    if args.repredict:
+        repredict(found, root_of)
     if args.retime:
         retime(found, root_of, args.retime, args.round_s)
     key = "predicted_over_retimed" if args.retime else "predicted_over_measured"

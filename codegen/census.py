@@ -43,7 +43,7 @@ def classify(name: str) -> str:
     return "layout" if "transpose" in name else "other"  # a transpose reads or writes with a stride
 
 
-def _dims(name: str) -> list[int]:
+def dims(name: str) -> list[int]:
     found = _SHAPE.findall(name)
     return [int(d) for d in found[-1].split("x")] if found else []
 
@@ -58,8 +58,8 @@ def _flops(name: str, cls: str, shapes: list[tuple[int, ...]]) -> int:
     otherwise."""
     out = int(np.prod(shapes[-1])) if shapes else 0
     if cls in ("lut", "accumulate", "dense", "attention"):
-        dims = _dims(name)
-        return 2 * int(np.prod(dims)) if dims else out
+        mnk = dims(name)
+        return 2 * int(np.prod(mnk)) if mnk else out
     if cls == "matmul" and shapes:
         return 2 * out * shapes[0][-1]
     return out
@@ -79,11 +79,14 @@ def kernel_call(name: str, args: list[tuple[tuple[int, ...], int, bool]], parall
     flops = _flops(name, cls, [s for s, _, _ in args])
     if name.startswith("ternary_accumulate_lut"):
         flops *= 2  # trits as two sign planes: twice the lookups
-    dims = _dims(name)
-    # a LUT kernel first builds, per activation row, 16 entries for every group of 4 of its K inputs
-    table = 4 * dims[0] * dims[2] if cls == "lut" and len(dims) == 3 else 0
     return {"name": name, "class": cls, "parallel": parallel, "weight_bytes": weight, "act_bytes": act,
-            "flops": flops, "table_entries": table}
+            "flops": flops, "table_entries": table_entries(name, cls)}
+
+
+def table_entries(name: str, cls: str) -> int:
+    """A LUT kernel's tables: per activation row, 16 entries for every group of 4 of its K inputs."""
+    mnk = dims(name)
+    return 4 * mnk[0] * mnk[2] if cls == "lut" and len(mnk) == 3 else 0
 
 
 def take(mod: tvm.IRModule) -> dict[str, Any]:
