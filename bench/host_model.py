@@ -121,8 +121,9 @@ def main() -> int:
         _child(Path(build), int(rounds), float(round_s))
         return 0
     args = ap.parse_args()
-    found = [r for root in args.roots for r in rows(root)]
-    root_of = {r["build"]: root.parent / r["build"] for root in args.roots for r in rows(root)}
+    per_root = [(root, rows(root)) for root in args.roots]  # each manifest read once
+    found = [r for _, found_here in per_root for r in found_here]
+    root_of = {r["build"]: root.parent / r["build"] for root, found_here in per_root for r in found_here}
     if not found:
         print(f"no timed host build with a calibrated prediction under {', '.join(map(str, args.roots))}",
               file=sys.stderr)

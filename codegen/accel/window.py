@@ -150,7 +150,7 @@ def emit_window_gemm(node: int, layer: GemmLayer, array_index: int, array: Array
             raise HwsimError(f"{where}: window staging needs {need} bytes of the {buf} buffer for this "
                              f"{m}x{n}x{k} layer's fold tiles, it has {spec.buffers[buf].bytes}")
     out: list[Slotted] = []
-    slot = {"a": 0, "w": 0, "c": 0}
+    slot = {"a": 0, "w": 0}  # tiles read so far per operand: they alternate between two slots
 
     def fills(which: str, buffer: Buffer, sets: list[int], ref: DramRef, dtype: str) -> None:
         for s in sets:
