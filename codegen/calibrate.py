@@ -52,28 +52,30 @@ def _rng(i: int) -> np.random.Generator:
     return np.random.default_rng(1000 + i)
 
 
-def _linear(fmt: str, d: int) -> Layer:
-    """One d x d linear layer in `fmt`: fp32 or fp16 weights (cast up, as an fp16 base arrives), ternary or
-    sign weights packed (an accumulate op with an output scale), or the LoRDBA r=16 branch added to its input."""
+def _linear(fmt: str, d: int, wide: int | None = None) -> Layer:
+    """One linear layer in `fmt` to d outputs (to `wide` and back on alternate layers, as an MLP's up and
+    down projections: d <-> wide): fp32 or fp16 weights (cast up, as an fp16 base arrives), ternary or sign
+    weights packed (an accumulate op with an output scale), or the LoRDBA r=16 branch added to its input."""
     from models.formats.packing import pack_i2, pack_signs
 
     def layer(x: Value, i: int) -> tuple[list[Node], Value]:
-        rng, lead = _rng(i), x.type.shape[:-1]
-        y = Value(f"y{i}", TensorType((*lead, d), F32))
-        w = (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)
+        rng, lead, k = _rng(i), x.type.shape[:-1], x.type.shape[-1]
+        n = wide if wide and i % 2 == 0 else d
+        y = Value(f"y{i}", TensorType((*lead, n), F32))
+        w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
         if fmt == "fp32":
             return [Node(Op.MATMUL, [x, Value.const(f"w{i}", w)], [y])], y
         if fmt == "fp16":
-            wc = Value(f"wc{i}", TensorType((d, d), F32))
+            wc = Value(f"wc{i}", TensorType((k, n), F32))
             return [Node(Op.CAST, [Value.const(f"w{i}", w.astype(np.float16))], [wc], {"to": F32}),
                     Node(Op.MATMUL, [x, wc], [y])], y
-        post = Value.const(f"s{i}", np.full(d, 1 / np.sqrt(d), np.float32))
+        post = Value.const(f"s{i}", np.full(n, 1 / np.sqrt(k), np.float32))
         if fmt in ("ternary", "sign"):
-            t = rng.integers(-1, 2, (d, d), dtype=np.int8) if fmt == "ternary" else \
-                rng.integers(0, 2, (d, d), dtype=np.int8) * 2 - 1
+            t = rng.integers(-1, 2, (n, k), dtype=np.int8) if fmt == "ternary" else \
+                rng.integers(0, 2, (n, k), dtype=np.int8) * 2 - 1
             packed = Value.const(f"p{i}", pack_i2(t) if fmt == "ternary" else pack_signs(t))
             op = Op.TERNARY_ACCUMULATE if fmt == "ternary" else Op.SIGN_ACCUMULATE
-            return [Node(op, [x, packed, post], [y], {"k": d, "pre": 0, "post": 1})], y
+            return [Node(op, [x, packed, post], [y], {"k": k, "pre": 0, "post": 1})], y
         r = 16  # LoRDBA: x -> signs_A (pre, post) -> h -> signs_B (post) + x
         h = Value(f"h{i}", TensorType((*lead, r), F32))
         a = Value.const(f"a{i}", pack_signs(rng.integers(0, 2, (r, d), dtype=np.int8) * 2 - 1))
@@ -161,11 +163,26 @@ def benchmarks(llc: int) -> dict[str, Callable[[], Graph]]:
         if per < 1:  # a LUT kernel's tables at a small model's prefill: 16 rows, narrow layers
             out[f"{fmt} 16x256x256 x32 (cache)"] = functools.partial(_chain, f"{fmt}_small16", (16, 256), 32,
                                                                    _linear(fmt, 256))
-        big = 2048 if per >= 2 else 4096
+            # an MLP of a small model whose width is no multiple of 32 (tiny-llama's 688): its down projection
+            # takes the shuffle LUT kernel (codegen/kernels/lut.py), not the VNNI one, where the ISA has both
+            for m in (1, 16):
+                out[f"{fmt} {m}x256<->688 x16 (cache)"] = functools.partial(
+                    _chain, f"{fmt}_mlp{m}", (m, 256), 16, _linear(fmt, 256, 688))
+        # Not 2048 for the float formats: a 16-row tile broadcasts x from 16 rows whose stride is a multiple
+        # of 4 KiB, which share one L1 set (8-way) and evict each other: 1.7x the time per flop of K=2304
+        # (znver4). A benchmark at that shape priced every layer at the pathological rate.
+        big = 2304 if per >= 2 else 4096
         dram_layers = int(np.ceil(2 * llc / (big * big * per)))
         for m in (1, 16):
             out[f"{fmt} {m}x{big}x{big} x{dram_layers} (dram)"] = functools.partial(
                 _chain, f"{fmt}_{m}_dram", (m, big), dram_layers, _linear(fmt, big))
+    # A small model's layers from DRAM (the model's weights overflow the cache, not one layer's): an MLP's
+    # up and down projections at a 135M-parameter decoder's widths, where each call's stream is short (its
+    # start, DRAM latency before the prefetchers run ahead, weighs as much as its length).
+    for fmt, per in (("fp16", 2), ("ternary", 0.25)):
+        pairs = int(np.ceil(2 * llc / (2 * 576 * 1536 * per)))
+        out[f"{fmt} 1x576<->1536 x{2 * pairs} (dram)"] = functools.partial(
+            _chain, f"{fmt}_mlp_dram", (1, 576), 2 * pairs, _linear(fmt, 576, 1536))
     for m, d in ((1, 576), (16, 576), (128, 768)):
         out[f"lordba r16 {m}x{d} x8"] = functools.partial(_chain, f"lordba_{m}", (m, d), 8, _linear("lordba", d))
     for m, ctx in ((1, 129), (1, 512), (16, 16), (128, 128)):
@@ -207,9 +224,9 @@ def _time(vm: Any, inputs: list[np.ndarray]) -> float:
 
 
 def calibrate(threads: int, progress: Callable[[str], None] = lambda _: None) -> Calibration:
-    """Build and time every microbenchmark, time them all twice again (the lowest median of the three passes,
-    spread over a minute: a burst of load from elsewhere hits one pass), fit the rates, and record how well
-    they fit."""
+    """Build and time every microbenchmark, time them all four times again (the lowest median of the five
+    passes, spread over two minutes: a burst of load from elsewhere, which halves the DRAM bandwidth here for a
+    minute at a time, hits some passes), fit the rates, and record how well they fit."""
     from codegen import host
     from hwsim.api import cpu_name
     from hwsim.artifacts import source_hash
@@ -221,9 +238,9 @@ def calibrate(threads: int, progress: Callable[[str], None] = lambda _: None) ->
         progress(f"calibrating the host model: {name} ({i + 1}/{len(todo)})")
         built[name] = _build(make(), threads)
         ms[name] = _time(*built[name][:2])
-    for again in (1, 2):
+    for again in range(1, 5):
         for name, (vm, inputs, _) in built.items():
-            progress(f"calibrating the host model: timing {name} again ({again}/2)")
+            progress(f"calibrating the host model: timing {name} again ({again}/4)")
             ms[name] = min(ms[name], _time(vm, inputs))
     census = {name: b[2] for name, b in built.items()}
     params = fit([features(census[n], llc) for n in todo], [ms[n] * 1e3 for n in todo])

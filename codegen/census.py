@@ -15,7 +15,8 @@ from tvm import relax
 
 # Kernel classes, by the generator that made the kernel (codegen/kernels, codegen/kv_cache) or, for TVM's
 # own legalised kernels, whether a matmul or a transpose is among the fused ops.
-CLASSES = ("lut", "accumulate", "dense", "matmul", "attention", "erf", "math", "norm", "layout", "other")
+CLASSES = ("lut", "lut_vnni", "accumulate", "dense", "matmul", "attention", "erf", "math", "norm", "layout", "other")
+LUTS = ("lut", "lut_vnni")  # codegen/kernels/lut.py (16-entry shuffles) and lut_vnni.py (vpermb + vpdpbusd)
 ERF = ("gelu", "erf")  # erf per element (libm's, scalar): GELU
 # other transcendental elementwise work (TVM 0.27 names the legalised sigmoid "<lambda>")
 MATH = ("tanh", "sigmoid", "<lambda>", "softmax", "exp")
@@ -24,6 +25,8 @@ _SHAPE = re.compile(r"_(\d+(?:x\d+)+)")
 
 
 def classify(name: str) -> str:
+    if "_accumulate_lut_avx512vnni_" in name:  # 1.7x the shuffle kernel's speed: a rate of its own
+        return "lut_vnni"
     if "_accumulate_lut_" in name:
         return "lut"
     if "_accumulate_" in name:
@@ -34,9 +37,10 @@ def classify(name: str) -> str:
         return "attention"
     if "matmul" in name:
         return "matmul"
-    if any(m in name for m in ERF):
+    tokens = {t.rstrip("0123456789") for t in name.split("_")}  # whole ops: "exp" is not "expand_dims"
+    if tokens & set(ERF):
         return "erf"
-    if any(m in name for m in MATH):
+    if tokens & set(MATH):
         return "math"
     if any(name.startswith(m) for m in NORMS):
         return "norm"
@@ -57,7 +61,7 @@ def _flops(name: str, cls: str, shapes: list[tuple[int, ...]]) -> int:
     carries its M x N x K, or from a TVM matmul's first operand and its output), one op per output element
     otherwise."""
     out = int(np.prod(shapes[-1])) if shapes else 0
-    if cls in ("lut", "accumulate", "dense", "attention"):
+    if cls in (*LUTS, "accumulate", "dense", "attention"):
         mnk = dims(name)
         return 2 * int(np.prod(mnk)) if mnk else out
     if cls == "matmul" and shapes:
@@ -86,7 +90,7 @@ def kernel_call(name: str, args: list[tuple[tuple[int, ...], int, bool]], parall
 def table_entries(name: str, cls: str) -> int:
     """A LUT kernel's tables: per activation row, 16 entries for every group of 4 of its K inputs."""
     mnk = dims(name)
-    return 4 * mnk[0] * mnk[2] if cls == "lut" and len(mnk) == 3 else 0
+    return 4 * mnk[0] * mnk[2] if cls in LUTS and len(mnk) == 3 else 0
 
 
 def take(mod: tvm.IRModule) -> dict[str, Any]:

@@ -3,7 +3,8 @@ calls (codegen/census.py) and rates fitted to microbenchmarks run here (codegen/
 
 A build's time is the sum over its kernel calls of
 
-    fixed[class] (+ fixed[parallel] for a kernel with a parallel loop)
+    fixed[class] (+ fixed[parallel] for a kernel with a parallel loop, + fixed[class, dram] for one that
+                 streams its weights from DRAM)
                  + weight bytes x ns_per_weight_byte[class, regime] + activation bytes x ns_per_act_byte
                  + flops x ns_per_flop[class, regime] (elements x ns_per_element[class]: erf, math, norm)
                  + table entries x ns_per_table_entry (a LUT kernel's tables: 16 per row and group of 4 inputs)
@@ -21,15 +22,16 @@ from typing import Any
 
 import numpy as np
 
-CLASSES = ("lut", "accumulate", "dense", "matmul", "attention", "erf", "math", "norm", "layout", "other")  # census
-WEIGHTED = ("lut", "accumulate", "dense", "matmul")  # classes that stream constant weights
-COMPUTING = ("lut", "accumulate", "dense", "matmul", "attention")  # classes priced per flop
+CLASSES = ("lut", "lut_vnni", "accumulate", "dense", "matmul", "attention", "erf", "math", "norm", "layout",
+           "other")  # census
+WEIGHTED = ("lut", "lut_vnni", "accumulate", "dense", "matmul")  # classes that stream constant weights
+COMPUTING = ("lut", "lut_vnni", "accumulate", "dense", "matmul", "attention")  # classes priced per flop
 ELEMENTWISE = ("erf", "math", "norm")  # classes priced per output element (transcendentals, LayerNorm)
 REGIMES = ("cache", "dram")
 
 
 def parameter_names() -> list[str]:
-    return ([f"fixed_us.{c}" for c in CLASSES] + ["fixed_us.parallel"]
+    return ([f"fixed_us.{c}" for c in CLASSES] + ["fixed_us.parallel"] + [f"fixed_us.{c}.dram" for c in WEIGHTED]
             + [f"ns_per_weight_byte.{c}.{r}" for c in WEIGHTED for r in REGIMES]
             + [f"ns_per_flop.{c}.{r}" for c in COMPUTING for r in REGIMES]
             + [f"ns_per_element.{c}" for c in ELEMENTWISE] + ["ns_per_table_entry", "ns_per_act_byte", "vm_call_us"])
@@ -50,6 +52,8 @@ def _kernel_features(k: dict[str, Any], where: str) -> dict[str, float]:
     f = {f"fixed_us.{cls}": 1.0, "fixed_us.parallel": float(k["parallel"]), "ns_per_act_byte": k["act_bytes"] * 1e-3}
     if cls in WEIGHTED:
         f[f"ns_per_weight_byte.{cls}.{where}"] = k["weight_bytes"] * 1e-3
+        if where == "dram":  # a stream's start: a short one (a small layer's) runs below the DRAM rate
+            f[f"fixed_us.{cls}.dram"] = 1.0
     else:  # a norm's scale, a bias: small constants read like activations
         f["ns_per_act_byte"] += k["weight_bytes"] * 1e-3
     if cls in COMPUTING:  # per regime too: a kernel's arithmetic overlaps its stream less well from DRAM
