@@ -139,6 +139,15 @@ def _norm(d: int) -> Layer:
     return layer
 
 
+def _dram_overflow(bytes_per_weight: float) -> int:
+    """How many times the last-level cache a DRAM benchmark streams: 8 for the float formats, 2 for packed
+    ones. A stream's rate falls with its length (its page-table entries leave the caches too: on znver4 the
+    same fp16 MLP layers run 29 GB/s as a 268 MB chain, 35 as a 67 MB one, alternated in one process), and a
+    float model that overflows the cache does so by as much (smollm2-135m in fp16: 8.5x); a packed one by
+    about 2-3x, its fp16 LM head the larger part."""
+    return 8 if bytes_per_weight >= 2 else 2
+
+
 def benchmarks(llc: int) -> dict[str, Callable[[], Graph]]:
     """The microbenchmarks: every weight format at decode (M=1) and prefill widths (M=16, 128) with weights in
     the cache, and at decode (and M=16 for the bases) with weights twice the cache; the LoRDBA branch;
@@ -172,7 +181,7 @@ def benchmarks(llc: int) -> dict[str, Callable[[], Graph]]:
         # of 4 KiB, which share one L1 set (8-way) and evict each other: 1.7x the time per flop of K=2304
         # (znver4). A benchmark at that shape priced every layer at the pathological rate.
         big = 2304 if per >= 2 else 4096
-        dram_layers = int(np.ceil(2 * llc / (big * big * per)))
+        dram_layers = int(np.ceil(_dram_overflow(per) * llc / (big * big * per)))
         for m in (1, 16):
             out[f"{fmt} {m}x{big}x{big} x{dram_layers} (dram)"] = functools.partial(
                 _chain, f"{fmt}_{m}_dram", (m, big), dram_layers, _linear(fmt, big))
@@ -180,9 +189,13 @@ def benchmarks(llc: int) -> dict[str, Callable[[], Graph]]:
     # up and down projections at a 135M-parameter decoder's widths, where each call's stream is short (its
     # start, DRAM latency before the prefetchers run ahead, weighs as much as its length).
     for fmt, per in (("fp16", 2), ("ternary", 0.25)):
-        pairs = int(np.ceil(2 * llc / (2 * 576 * 1536 * per)))
+        pairs = int(np.ceil(_dram_overflow(per) * llc / (2 * 576 * 1536 * per)))
         out[f"{fmt} 1x576<->1536 x{2 * pairs} (dram)"] = functools.partial(
             _chain, f"{fmt}_mlp_dram", (1, 576), 2 * pairs, _linear(fmt, 576, 1536))
+    # a BERT-small encoder's layers at prefill (minilm: 384 <-> 1536), in the cache: the 512-wide chain's rate
+    # per flop is 1.4x too fast for them
+    out["fp16 16x384<->1536 x12 (cache)"] = functools.partial(_chain, "fp16_bert16", (16, 384), 12,
+                                                             _linear("fp16", 384, 1536))
     for m, d in ((1, 576), (16, 576), (128, 768)):
         out[f"lordba r16 {m}x{d} x8"] = functools.partial(_chain, f"lordba_{m}", (m, d), 8, _linear("lordba", d))
     for m, ctx in ((1, 129), (1, 512), (16, 16), (128, 128)):

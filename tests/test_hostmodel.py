@@ -85,7 +85,7 @@ def _census(kernels: list[tuple[str, int, int, int, int]], vm: int = 0) -> dict:
 def test_fit_recovers_the_rates_that_made_the_times() -> None:
     """Times made from known rates are fitted back to those rates, and the prediction switches regime where
     the streamed weights outgrow the cache."""
-    llc = 1 << 20
+    llc = 4 << 20  # the cache regime: up to half of it
     truth = dict.fromkeys(hostmodel.parameter_names(), 0.0) | {
         "fixed_us.dense": 2.0, "fixed_us.other": 0.5, "ns_per_weight_byte.dense.cache": 0.01,
         "ns_per_weight_byte.dense.dram": 0.05, "ns_per_flop.dense.cache": 0.004, "ns_per_flop.dense.dram": 0.006,
@@ -94,7 +94,8 @@ def test_fit_recovers_the_rates_that_made_the_times() -> None:
     censuses = [_census([(f"dense_float32_float32_{m}x{n}x{n}", 4 * n * n, 8 * m * n, 2 * m * n * n, layers),
                          ("fused_mean_multiply", 0, 8 * m * n, m * n, layers + v % 5)], vm=v)
                 for m, n, layers, v in [(1, 256, 4, 8), (16, 256, 4, 30), (1, 1024, 8, 20), (16, 1024, 8, 16),
-                                        (1, 128, 16, 40), (64, 512, 2, 6), (4, 2048, 4, 9), (1, 4096, 2, 5)]]
+                                        (1, 128, 16, 40), (64, 512, 2, 6), (4, 2048, 4, 9), (1, 4096, 2, 5),
+                                        (8, 128, 4, 25), (1, 64, 8, 12), (2, 1536, 3, 7)]]
     times = [hostmodel.predict(c, cal)["median_ms"] * 1e3 for c in censuses]
     assert {hostmodel.regime(c, llc) for c in censuses} == {"cache", "dram"}
     fitted = hostmodel.fit([hostmodel.features(c, llc) for c in censuses], times)
