@@ -172,8 +172,10 @@ def benchmarks(llc: int) -> dict[str, Callable[[], Graph]]:
         if per < 1:  # a LUT kernel's tables at a small model's prefill: 16 rows, narrow layers
             out[f"{fmt} 16x256x256 x32 (cache)"] = functools.partial(_chain, f"{fmt}_small16", (16, 256), 32,
                                                                    _linear(fmt, 256))
-            # an MLP of a small model whose width is no multiple of 32 (tiny-llama's 688): its down projection
-            # takes the shuffle LUT kernel (codegen/kernels/lut.py), not the VNNI one, where the ISA has both
+        if fmt != "fp32":
+            # an MLP of a small model whose width is no multiple of 32 (tiny-llama's 688): in a packed format its
+            # down projection takes the shuffle LUT kernel (codegen/kernels/lut.py), not the VNNI one, where the
+            # ISA has both; in fp16 its decode GEMVs are too small to fork the thread pool (one core streams)
             for m in (1, 16):
                 out[f"{fmt} {m}x256<->688 x16 (cache)"] = functools.partial(
                     _chain, f"{fmt}_mlp{m}", (m, 256), 16, _linear(fmt, 256, 688))

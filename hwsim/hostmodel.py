@@ -5,7 +5,8 @@ A build's time is the sum over its kernel calls of
 
     fixed[class] (+ fixed[parallel] for a kernel with a parallel loop, + fixed[class, dram] for one that
                  streams its weights from DRAM)
-                 + weight bytes x ns_per_weight_byte[class, regime] + activation bytes x ns_per_act_byte
+                 + weight bytes x (ns_per_weight_byte[class, regime] (+ [serial] for a kernel without a
+                   parallel loop)) + activation bytes x ns_per_act_byte
                  + flops x ns_per_flop[class, regime] (elements x ns_per_element[class]: erf, math, norm)
                  + table entries x ns_per_table_entry (a LUT kernel's tables: 16 per row and group of 4 inputs)
 
@@ -32,7 +33,7 @@ REGIMES = ("cache", "dram")
 
 def parameter_names() -> list[str]:
     return ([f"fixed_us.{c}" for c in CLASSES] + ["fixed_us.parallel"] + [f"fixed_us.{c}.dram" for c in WEIGHTED]
-            + [f"ns_per_weight_byte.{c}.{r}" for c in WEIGHTED for r in REGIMES]
+            + [f"ns_per_weight_byte.{c}.{r}" for c in WEIGHTED for r in REGIMES] + ["ns_per_weight_byte.serial"]
             + [f"ns_per_flop.{c}.{r}" for c in COMPUTING for r in REGIMES]
             + [f"ns_per_element.{c}" for c in ELEMENTWISE] + ["ns_per_table_entry", "ns_per_act_byte", "vm_call_us"])
 
@@ -58,6 +59,8 @@ def _kernel_features(k: dict[str, Any], where: str) -> dict[str, float]:
         f[f"ns_per_weight_byte.{cls}.{where}"] = k["weight_bytes"] * 1e-3
         if where == "dram":  # a stream's start: a short one (a small layer's) runs below the DRAM rate
             f[f"fixed_us.{cls}.dram"] = 1.0
+        if not k["parallel"]:  # one core streams it: a small decode GEMV (tiny-llama's) at ~1/2 the rate
+            f["ns_per_weight_byte.serial"] = k["weight_bytes"] * 1e-3
     else:  # a norm's scale, a bias: small constants read like activations
         f["ns_per_act_byte"] += k["weight_bytes"] * 1e-3
     if cls in COMPUTING:  # per regime too: a kernel's arithmetic overlaps its stream less well from DRAM

@@ -77,7 +77,7 @@ def test_classes_follow_the_kernel_generators() -> None:
 
 
 def _census(kernels: list[tuple[str, int, int, int, int]], vm: int = 0) -> dict:
-    return {"kernels": [{"name": n, "class": census.classify(n), "parallel": False, "weight_bytes": w,
+    return {"kernels": [{"name": n, "class": census.classify(n), "parallel": f >= 1 << 19, "weight_bytes": w,
                          "act_bytes": a, "flops": f, "calls": c} for n, w, a, f, c in kernels],
             "vm_calls": {"vm.builtin.alloc_tensor": vm}}
 
