@@ -8,8 +8,10 @@ Each build's manifest carries the prediction, made when the build was timed (`la
 its per-class and per-kernel split; this script collects them. A build is timed once, alone, when it is
 compiled; on a shared machine a burst of load from elsewhere can slow everything 2-3x for a minute, so
 `--retime R` times every build again, each in its own fresh process (one that has loaded many builds runs
-some of them up to 2x slower), R rounds of `--round-s` seconds, in two passes in opposite orders: the
-quietest round's median (`retimed_ms`), with the spread of the rounds beside it, is what the prediction is
+some of them up to 2x slower, and fresh processes of one build differ too: 0.099, 0.102 and 0.130 ms for one
+tiny-llama decode, each steady over its rounds), R rounds of `--round-s` seconds in each of `--passes` passes
+(a fresh process per build and pass, alternate passes in opposite orders): the quietest round's median
+(`retimed_ms`), with the spread of the rounds beside it, is what the prediction is
 then compared with. Same harness for every build; the in-compile figure stays in the table and JSON.
 `--repredict` predicts again from each build's recorded census with this code's model and calibration.
 """
@@ -68,17 +70,18 @@ def _child(build: Path, rounds: int, round_s: float) -> None:
     print(json.dumps(medians))
 
 
-def retime(found: list[dict], root_of: dict[str, Path], rounds: int, round_s: float) -> None:
+def retime(found: list[dict], root_of: dict[str, Path], rounds: int, round_s: float, passes: int) -> None:
     """Time every build again, each in its own fresh process (one that has loaded many builds runs some of
-    them up to 2x slower), in two passes in opposite orders of `rounds` rounds each; adds retimed_ms (the
-    quietest round's median), rounds_ms and predicted_over_retimed to each row."""
+    them up to 2x slower), in `passes` passes in alternating orders of `rounds` rounds each; adds retimed_ms
+    (the quietest round's median), rounds_ms and predicted_over_retimed to each row."""
     import subprocess
 
     from rich.progress import track
 
     per: dict[str, list[float]] = {r["build"]: [] for r in found}
     order = [r["build"] for r in found]
-    for build in track(order + order[::-1], "timing each build in a fresh process", transient=True):
+    schedule = [b for p in range(passes) for b in (order if p % 2 == 0 else order[::-1])]
+    for build in track(schedule, "timing each build in a fresh process", transient=True):
         done = subprocess.run([sys.executable, __file__, "--child", str(root_of[build]), str(rounds), str(round_s)],
                               capture_output=True, text=True, check=True)
         per[build] += json.loads(done.stdout.strip().splitlines()[-1])
@@ -113,6 +116,8 @@ def main() -> int:
     ap.add_argument("--retime", type=int, default=0, metavar="R",
                     help="time every build again in R interleaved rounds and compare with the quietest")
     ap.add_argument("--round-s", type=float, default=0.1, help="seconds per build per round (--retime)")
+    ap.add_argument("--passes", type=int, default=2,
+                    help="fresh processes per build (--retime), in alternating orders; R rounds in each")
     ap.add_argument("--repredict", action="store_true",
                     help="predict again with this code's model and calibration (from each build's census)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
@@ -131,7 +136,7 @@ def main() -> int:
     if args.repredict:
         repredict(found, root_of)
     if args.retime:
-        retime(found, root_of, args.retime, args.round_s)
+        retime(found, root_of, args.retime, args.round_s, args.passes)
     key = "predicted_over_retimed" if args.retime else "predicted_over_measured"
     table = Table(title="calibrated host model: predicted (estimated) vs measured")
     cols = ["build", "regime", "measured ms (compile)", "predicted ms", "pred/meas", "roofline ms"]
