@@ -114,9 +114,10 @@ def main() -> int:
     ap.add_argument("roots", nargs="+", type=Path, help="hwsim compile output directories")
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--retime", type=int, default=0, metavar="R",
-                    help="time every build again in R interleaved rounds and compare with the quietest")
+                    help="time every build again, R rounds in each of --passes fresh processes, and compare "
+                         "with the quietest round")
     ap.add_argument("--round-s", type=float, default=0.1, help="seconds per build per round (--retime)")
-    ap.add_argument("--passes", type=int, default=2,
+    ap.add_argument("--passes", type=int, default=4,
                     help="fresh processes per build (--retime), in alternating orders; R rounds in each")
     ap.add_argument("--repredict", action="store_true",
                     help="predict again with this code's model and calibration (from each build's census)")
@@ -126,6 +127,8 @@ def main() -> int:
         _child(Path(build), int(rounds), float(round_s))
         return 0
     args = ap.parse_args()
+    if args.retime and args.passes < 1:
+        ap.error("--passes must be at least 1")
     per_root = [(root, rows(root)) for root in args.roots]  # each manifest read once
     found = [r for _, found_here in per_root for r in found_here]
     root_of = {r["build"]: root.parent / r["build"] for root, found_here in per_root for r in found_here}
