@@ -46,8 +46,8 @@ def weight_bytes(census: dict[str, Any]) -> int:
 def regime(census: dict[str, Any], llc_bytes: int) -> str:
     """"cache" where the weights a run streams fit in half the last-level cache: an L3 shared with other
     cores (and, on a cloud VM, other tenants) and, on AMD, filled only by what L2 evicts does not hold a
-    working set near its size from one run to the next (minilm's 21 MB of fp16 weights in a 32 MB L3 ran
-    1.3x slower per flop than the benchmarks' 8 MB)."""
+    working set near its size from one run to the next (minilm's fp16-base builds, 21 MB of weights in a 32 MB
+    L3, measured 1.2-1.3x what the in-cache rates predicted)."""
     return "cache" if weight_bytes(census) <= llc_bytes // 2 else "dram"
 
 

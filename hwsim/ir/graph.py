@@ -173,6 +173,11 @@ class Graph:
             raise ValueError(f"graph '{self.name}' has a cycle") from e
         self.nodes = [self.nodes[i] for i in order]
 
+    def replace_node(self, old: Node, new: list[Node]) -> None:
+        """Put `new` where `old` stood (a rewrite that computes old's outputs by other nodes)."""
+        i = self.nodes.index(old)
+        self.nodes[i:i + 1] = new
+
     def replace_all_uses(self, old: Value, new: Value) -> None:
         for n in self.nodes:
             n.inputs = [new if v is old else v for v in n.inputs]

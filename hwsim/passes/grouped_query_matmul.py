@@ -24,8 +24,7 @@ def layout_step(p: Node) -> Value | None:
     if p.op is Op.RESHAPE and src.type.rank >= 3 and src.type.shape[-2:] == p.outputs[0].type.shape[-2:]:
         return src
     if p.op is Op.TRANSPOSE:
-        r = src.type.rank
-        return src if tuple(p.attrs["perm"]) == (*range(r - 2), r - 1, r - 2) else None
+        return src if tuple(p.attrs["perm"]) == swap_last_two(src.type.rank) else None
     if p.op is Op.MUL and p.outputs[0].type == src.type and p.inputs[1].is_const and p.inputs[1].type.size == 1:
         return src
     if p.op is Op.MUL and p.outputs[0].type == p.inputs[1].type and p.inputs[0].is_const and p.inputs[0].type.size == 1:
@@ -53,6 +52,11 @@ def _repeated(v: Value) -> tuple[Node, list[Node]] | None:
     if before[:-3] != after[:-3] or before[-2:] != after[-2:]:
         return None
     return b, steps[::-1]
+
+
+def swap_last_two(rank: int) -> tuple[int, ...]:
+    """The TRANSPOSE perm of a matrix (the last two dims) under any leading dims."""
+    return (*range(rank - 2), rank - 1, rank - 2)
 
 
 def add_node(new: list[Node], op: Op, inputs: list[Value], attrs: dict, name: str) -> Value:
@@ -92,12 +96,10 @@ def grouped_query_matmul(graph: Graph) -> bool:
                 scalar = s.inputs[1] if s.inputs[1].is_const else s.inputs[0]
                 qa = add_node(new, Op.MUL, [qa, scalar], {}, f"{base}.s{i}")
         if transposes % 2:
-            r = kv.type.rank
-            kv = add_node(new, Op.TRANSPOSE, [kv], {"perm": (*range(r - 2), r - 1, r - 2)}, f"{base}.t")
+            kv = add_node(new, Op.TRANSPOSE, [kv], {"perm": swap_last_two(kv.type.rank)}, f"{base}.t")
         prod = add_node(new, Op.MATMUL, [qa, kv], {}, f"{base}.mm")
         new.append(Node(Op.RESHAPE, [prod], [out], {"shape": out.type.shape}, name=f"{base}.out"))
-        i = graph.nodes.index(mm)
-        graph.nodes[i:i + 1] = new
+        graph.replace_node(mm, new)
         changed = True
     if changed:
         graph.toposort()

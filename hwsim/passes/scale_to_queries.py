@@ -14,7 +14,7 @@ first; the old chain becomes dead (eliminate_dead_code runs after this pass).
 import math
 
 from hwsim.ir import Graph, Node, Op
-from hwsim.passes.grouped_query_matmul import add_node, layout_step
+from hwsim.passes.grouped_query_matmul import add_node, layout_step, swap_last_two
 
 
 def scale_to_queries(graph: Graph) -> bool:
@@ -44,11 +44,9 @@ def scale_to_queries(graph: Graph) -> bool:
         if k.type.shape[:-2] != b.type.shape[:-2]:
             k = add_node(new, Op.RESHAPE, [k], {"shape": (*b.type.shape[:-2], *k.type.shape[-2:])}, f"{base}.k")
         if transposes % 2:
-            r = k.type.rank
-            k = add_node(new, Op.TRANSPOSE, [k], {"perm": (*range(r - 2), r - 1, r - 2)}, f"{base}.kt")
+            k = add_node(new, Op.TRANSPOSE, [k], {"perm": swap_last_two(k.type.rank)}, f"{base}.kt")
         new.append(Node(Op.MATMUL, [q, k], [out], dict(mm.attrs), name=mm.name))
-        i = graph.nodes.index(mm)
-        graph.nodes[i:i + 1] = new
+        graph.replace_node(mm, new)
         changed = True
     if changed:
         graph.toposort()
