@@ -5,15 +5,15 @@ roofline beside both. Prints a table and writes JSON.
     python bench/host_model.py build/tiny-llama build/minilm build/smollm2-135m --json bench/results/host_model.json
 
 Each build's manifest carries the prediction, made when the build was timed (`latency.calibrated`), with
-its per-class and per-kernel split; this script collects them. A build is timed once, alone, when it is
-compiled; on a shared machine a burst of load from elsewhere can slow everything 2-3x for a minute, so
-`--retime R` times every build again, each in its own fresh process (one that has loaded many builds runs
-some of them up to 2x slower, and fresh processes of one build differ too: 0.099, 0.102 and 0.130 ms for one
-tiny-llama decode, each steady over its rounds), R rounds of `--round-s` seconds in each of `--passes` passes
-(a fresh process per build and pass, alternate passes in opposite orders): the quietest round's median
-(`retimed_ms`), with the spread of the rounds beside it, is what the prediction is
-then compared with. Same harness for every build; the in-compile figure stays in the table and JSON.
-`--repredict` predicts again from each build's recorded census with this code's model and calibration.
+its per-class and per-kernel split; this script collects them. `hwsim compile` times every host build in
+several fresh processes, spread over all its builds, and takes the quietest round (hwsim/hosttiming.py: a
+process that has just compiled, or loaded many builds, runs some builds 2-3x slower, and fresh processes of
+one build differ too). On a shared machine a burst of load from elsewhere can still slow everything for
+minutes, so `--retime R` times every build again with the same harness (the build alone, without
+onnxruntime): R rounds of `--round-s` seconds in each of `--passes` fresh processes per build, the quietest
+round's median (`retimed_ms`) with the spread of the rounds beside it; the compile's figure stays in the
+table and JSON. `--repredict` predicts again from each build's recorded census with this code's model and
+calibration.
 """
 
 import argparse
@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -42,52 +43,34 @@ def rows(root: Path) -> list[dict]:
     return out
 
 
-def _child(build: Path, rounds: int, round_s: float) -> None:
-    """(In a fresh process) time one build: `rounds` rounds of `round_s` seconds, print their medians as JSON."""
-    import time
+def retime(found: list[dict], root_of: dict[str, Path], rounds: int, round_s: float, passes: int) -> None:
+    """Time every build again as `hwsim compile` does (hwsim/hosttiming.py: a fresh process per build and pass,
+    passes in alternating orders), the build alone; adds retimed_ms (the quietest round's median), rounds_ms
+    and predicted_over_retimed to each row."""
+    from rich.progress import Progress
 
-    import numpy as np
-    import tvm
-
-    from codegen import host
+    from codegen.host import runtime_threads
+    from hwsim import hosttiming
     from hwsim.api import import_graph, resolve_model
     from hwsim.reference import random_inputs
 
-    m = json.loads((build / "manifest.json").read_text())
-    shapes = {k: tuple(v) for k, v in (m.get("options", {}).get("shapes") or {}).items()}
-    graph = import_graph(resolve_model(m["model"]["path"]), shapes or None)
-    args = [tvm.runtime.tensor(x, tvm.cpu(0)) for x in random_inputs(graph, 0)]
-    vm = host.load(build / "model.so")
-    medians = []
-    for _ in range(rounds):
-        vm["main"](*args)
-        times, start = [], time.perf_counter()
-        while time.perf_counter() - start < round_s or len(times) < 5:
-            t0 = time.perf_counter()
-            vm["main"](*args)
-            times.append((time.perf_counter() - t0) * 1e3)
-        medians.append(float(np.median(times)))
-    print(json.dumps(medians))
-
-
-def retime(found: list[dict], root_of: dict[str, Path], rounds: int, round_s: float, passes: int) -> None:
-    """Time every build again, each in its own fresh process (one that has loaded many builds runs some of
-    them up to 2x slower), in `passes` passes in alternating orders of `rounds` rounds each; adds retimed_ms
-    (the quietest round's median), rounds_ms and predicted_over_retimed to each row."""
-    import subprocess
-
-    from rich.progress import track
-
-    per: dict[str, list[float]] = {r["build"]: [] for r in found}
-    order = [r["build"] for r in found]
-    schedule = [b for p in range(passes) for b in (order if p % 2 == 0 else order[::-1])]
-    for build in track(schedule, "timing each build in a fresh process", transient=True):
-        done = subprocess.run([sys.executable, __file__, "--child", str(root_of[build]), str(rounds), str(round_s)],
-                              capture_output=True, text=True, check=True)
-        per[build] += json.loads(done.stdout.strip().splitlines()[-1])
+    jobs = []
     for r in found:
-        r["rounds_ms"] = [round(x, 4) for x in per[r["build"]]]
-        r["retimed_ms"] = min(per[r["build"]])
+        m = json.loads((root_of[r["build"]] / "manifest.json").read_text())
+        shapes = {k: tuple(v) for k, v in (m.get("options", {}).get("shapes") or {}).items()}
+        graph = import_graph(resolve_model(m["model"]["path"]), shapes or None)
+        jobs.append(hosttiming.Job(root_of[r["build"]] / "model.so", None, [v.name for v in graph.inputs],
+                                   random_inputs(graph, m.get("options", {}).get("seed", 0)), runtime_threads()))
+    with Progress(transient=True) as bar:
+        task = bar.add_task("timing each build in a fresh process", total=len(jobs) * passes)
+        got = hosttiming.time_builds(jobs, runs=5 * rounds * passes, passes=passes, rounds=rounds, round_s=round_s,
+                                     profile=False, progress=lambda _msg: bar.advance(task))
+    for r, g in zip(found, got, strict=True):
+        if g.error:
+            raise g.error
+        medians = [float(np.median(x)) for x in g.tvm]
+        r["rounds_ms"] = [round(x, 4) for x in medians]
+        r["retimed_ms"] = min(medians)
         r["predicted_over_retimed"] = r["predicted_ms"] / r["retimed_ms"]
 
 
@@ -121,11 +104,6 @@ def main() -> int:
                     help="fresh processes per build (--retime), in alternating orders; R rounds in each")
     ap.add_argument("--repredict", action="store_true",
                     help="predict again with this code's model and calibration (from each build's census)")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
-    if "--child" in sys.argv:
-        _, build, rounds, round_s = sys.argv[1:5]
-        _child(Path(build), int(rounds), float(round_s))
-        return 0
     args = ap.parse_args()
     if args.retime and args.passes < 1:
         ap.error("--passes must be at least 1")

@@ -20,7 +20,7 @@ import onnx
 
 from codegen import cross, cuda, toolchain
 from codegen.rpc import check_reachable
-from hwsim import interp, roofline
+from hwsim import hosttiming, interp, roofline
 from hwsim.artifacts import (
     atomic_dir,
     sha256_file,
@@ -41,7 +41,7 @@ from hwsim.memory import memory_report
 from hwsim.passes import DEFAULT_PIPELINE, run_pipeline
 from hwsim.precision import RULE as VERIFICATION_RULE
 from hwsim.precision import Reference, reference, verify_outputs
-from hwsim.reference import onnxruntime_session, random_inputs, time_onnxruntime
+from hwsim.reference import random_inputs
 from models.zoo import DEFAULT_MODEL, ZOO, zoo_onnx
 from targets import Target, load_target
 
@@ -159,9 +159,9 @@ def compile_model(model: str | None = None, *, target: str = "host",
     TVM RPC server, or of a tracker with `rpc_key`) the artifact is also verified and timed there.
     With `record_failure`, a build that fails for a reason its inputs determine (verification, an
     unsupported op, a compiler error) leaves failure.json under its cache key, and the same build later
-    raises CachedFailure at once, unless `retry_failed`. With `measure` False a host build is built and
-    verified but not timed (its manifest says the latency is pending): a matrix builds host jobs in parallel
-    and times them later, one at a time, by calling again with `measure` True (a cache hit that times it).
+    raises CachedFailure at once, unless `retry_failed`. A host build is timed after it is built, in fresh
+    processes (measure_pending); with `measure` False it is built and verified but not timed (its manifest
+    says the latency is pending): a matrix builds host jobs in parallel and times them all together later.
     """
     step = progress or (lambda _msg: None)
     step("resolving model")
@@ -184,8 +184,7 @@ def compile_model(model: str | None = None, *, target: str = "host",
     found = lookup(plan.out_dir, plan.key)
     if found is not None and found.get("status") != "failed":
         if measure and PENDING in found.get("latency", {}):
-            step("measuring latency")
-            return CompileResult(out_dir, _measure_pending(plan, found, seed, runs), cached=True)
+            return CompileResult(out_dir, _measured(plan, found, step), cached=True)
         return CompileResult(out_dir, found, cached=True)
     if found is not None and not retry_failed:
         raise CachedFailure(failure_line(found))
@@ -195,7 +194,7 @@ def compile_model(model: str | None = None, *, target: str = "host",
     try:
         with atomic_dir(out_dir, force=force) as tmp:
             manifest = _build(src, spec, shapes, tmp, seed=seed, rtol=rtol, runs=runs, rpc=rpc, rpc_key=rpc_key,
-                              measure=measure, step=step)
+                              step=step)
             manifest.update(cache_key=plan.key, options=plan.options,
                             model={"name": src.name, "path": str(src.path), "builtin": src.builtin,
                                    "files": {f.name: h for f, h in plan.hashes.items()}})
@@ -204,12 +203,22 @@ def compile_model(model: str | None = None, *, target: str = "host",
         if record_failure and deterministic(e):
             record_failure_at(out_dir, plan.key, e, plan.options)
         raise
+    if measure and PENDING in manifest.get("latency", {}):
+        manifest = _measured(plan, manifest, step)
     return CompileResult(out_dir, manifest, cached=False)
 
 
+def _measured(plan: BuildPlan, manifest: dict[str, Any], step: Progress) -> dict[str, Any]:
+    (got,) = measure_pending([(plan, manifest)], progress=step)
+    if isinstance(got, HwsimError):
+        raise got
+    return got
+
+
 def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | None, tmp: Path, *,
-           seed: int, rtol: float, runs: int, rpc: str | None, rpc_key: str | None, measure: bool,
-           step: Progress) -> dict[str, Any]:
+           seed: int, rtol: float, runs: int, rpc: str | None, rpc_key: str | None, step: Progress
+           ) -> dict[str, Any]:
+    """Build and verify; a host build measured here is left pending (measure_pending times it afterwards)."""
     from codegen import host, mca
     from codegen.relax_lower import to_relax
 
@@ -235,7 +244,6 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     inputs = random_inputs(graph, seed)
     names = [v.name for v in graph.inputs]
     feeds = dict(zip(names, inputs, strict=True))
-    session = onnxruntime_session(src.path, min(threads, os.cpu_count() or 1))
     gpu_build: cuda.GpuBuild | None = None
     if spec.kind == "gpu":
         gpu_build = timed("building with TVM for CUDA", lambda: cuda.build_and_export(mod, tvm_target, tmp))
@@ -298,20 +306,16 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     device = f"{spec.name}: {cpu_name()} ({tvm_target.attrs['mcpu']}), {threads} threads"
     manifest["target"]["device"] = device
     manifest["census"] = census[-1]
-    if not measure:
-        manifest["latency"] = {PENDING: "built and verified; timed later, alone on the machine"}
-        return _with_estimates(manifest, graph, spec)
-    manifest["latency"] = timed("measuring latency", lambda: _host_latency(vm, session, names, inputs, runs, device))
-    manifest["latency"]["calibrated"] = timed("predicting with the calibrated host model", lambda: _calibrated(
-        vm, inputs, manifest, threads, step))
+    manifest["latency"] = {PENDING: "built and verified; timed later, alone on the machine"}
     return _with_estimates(manifest, graph, spec)
 
 
-def _calibrated(vm: Any, inputs: list[np.ndarray], manifest: dict[str, Any], threads: int, step: Progress
+def _calibrated(profile: dict[str, dict[str, float]], manifest: dict[str, Any], threads: int, step: Progress
                 ) -> dict[str, Any]:
     """The calibrated host model's prediction for this build beside its measurement, in total, per kernel
-    class and for the ten costliest kernels (measured per call by the VM's instrument)."""
-    from codegen import calibrate, host
+    class and for the ten costliest kernels (measured per call by the VM's instrument in a fresh process:
+    `profile`, codegen.host.profile_calls)."""
+    from codegen import calibrate
     from hwsim import hostmodel
 
     if not calibrate.enabled():
@@ -320,7 +324,6 @@ def _calibrated(vm: Any, inputs: list[np.ndarray], manifest: dict[str, Any], thr
     census = manifest["census"]
     pred = hostmodel.predict(census, cal)
     measured_ms = manifest["latency"]["tvm"]["median_ms"]
-    profile = host.profile_calls(vm, inputs)
     kernel_class = {k["name"]: k["class"] for k in census["kernels"]}
 
     def measured(name: str) -> float:
@@ -347,48 +350,52 @@ def _calibrated(vm: Any, inputs: list[np.ndarray], manifest: dict[str, Any], thr
             "regime": pred["regime"], "weight_bytes": pred["weight_bytes"], "classes": classes,
             "kernels": [k | {"predicted_ms": round(k["predicted_ms"], 4), "measured_ms": round(k["measured_ms"], 4)}
                         for k in top],
-            "measured_by": f"the VM's per-call instrument, mean of 3 runs, less its own {cal.instrument_us} us a call"}
+            "measured_by": f"the VM's per-call instrument in a fresh process, mean of 3 runs, less its own "
+                           f"{cal.instrument_us} us a call"}
 
 
-def _host_latency(vm: Any, session: Any, names: list[str], inputs: list[np.ndarray], runs: int,
-                  device: str, rounds: int = 5) -> dict[str, Any]:
-    """The artifact and onnxruntime on the same inputs, the same number of runs, on the same number of threads
-    (the session's), in alternating rounds: on a shared machine a burst of load from elsewhere then slows
-    both alike instead of whichever ran during it. Each round's median is kept; the quietest round's is beside
-    the median of all runs."""
-    from codegen import host
+def measure_pending(builds: list[tuple[BuildPlan, dict[str, Any]]], progress: Progress | None = None
+                    ) -> list[dict[str, Any] | HwsimError]:
+    """Time host builds made with `measure` False (see hwsim/hosttiming.py: fresh processes, several passes
+    spread over all the builds, the quietest round, onnxruntime alike) and complete their manifests (each
+    written atomically). Returns the manifests in order; a build that could not be timed stays pending and
+    its error takes its place."""
+    from codegen import calibrate, host
 
-    threads = session.get_session_options().intra_op_num_threads
-    if host.runtime_threads() != threads:
-        raise HwsimError(f"TVM's runtime runs {host.runtime_threads()} threads, onnxruntime {threads}: set "
-                         f"TVM_NUM_THREADS={threads} so that both are timed on the same threads")
-    tvm_rounds: list[list[float]] = []
-    ort_rounds: list[list[float]] = []
-    for _ in range(rounds):
-        tvm_rounds.append(host.time_ms(vm, inputs, repeat=-(-runs // rounds), min_total_s=0.5 / rounds))
-        ort_rounds.append(time_onnxruntime(session, names, inputs, len(tvm_rounds[-1])))
-    tvm_ms, ort_ms = [t for r in tvm_rounds for t in r], [t for r in ort_rounds for t in r]
-    return {"tvm": _latency(tvm_ms, device, tvm_rounds), "onnxruntime": _latency(ort_ms, device, ort_rounds),
-            "tvm_over_onnxruntime": round(float(np.median(tvm_ms) / np.median(ort_ms)), 3)}
+    step = progress or (lambda _msg: None)
+    def graph_of(plan: BuildPlan) -> Graph:  # imported again when needed: a zoo's graphs hold gigabytes together
+        return import_graph(plan.src, {k: tuple(v) for k, v in plan.options["shapes"].items()})
 
-
-def _measure_pending(plan: BuildPlan, manifest: dict[str, Any], seed: int, runs: int) -> dict[str, Any]:
-    """Time a host build made with `measure` False, and complete its manifest (written atomically)."""
-    from codegen import host
-
-    graph = import_graph(plan.src, {k: tuple(v) for k, v in plan.options["shapes"].items()})
-    inputs = random_inputs(graph, seed)
-    threads = int(host.tvm_target(plan.spec).attrs.get("num-cores", os.cpu_count() or 1))
-    session = onnxruntime_session(plan.src.path, min(threads, os.cpu_count() or 1))
-    t0 = time.perf_counter()
-    lat = _host_latency(host.load(plan.out_dir / "model.so"), session, [v.name for v in graph.inputs], inputs, runs,
-                        manifest["target"]["device"])
-    manifest = {**manifest, "latency": lat}
-    lat["calibrated"] = _calibrated(host.load(plan.out_dir / "model.so"), inputs, manifest, threads, lambda _: None)
-    seconds = {**manifest["compile_seconds"], "measuring latency": round(time.perf_counter() - t0, 3)}
-    manifest = _with_estimates({**manifest, "compile_seconds": seconds}, graph, plan.spec)
-    write_atomic(plan.out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    jobs = []
+    for plan, _ in builds:
+        graph = graph_of(plan)
+        threads = int(host.tvm_target(plan.spec).attrs.get("num-cores", os.cpu_count() or 1))
+        jobs.append(hosttiming.Job(plan.out_dir / "model.so", plan.src.path, [v.name for v in graph.inputs],
+                                   random_inputs(graph, plan.options["seed"]), min(threads, os.cpu_count() or 1)))
+    if calibrate.enabled():  # before the timing: a first calibration takes minutes and must run alone
+        for threads in sorted({j.threads for j in jobs}):
+            calibrate.cached(threads, step)
+    t0, passes = time.perf_counter(), hosttiming.passes()
+    timed = hosttiming.time_builds(jobs, runs=max(plan.options["runs"] for plan, _ in builds), passes=passes,
+                                   progress=step)
+    share = round((time.perf_counter() - t0) / len(builds), 3)
+    out: list[dict[str, Any] | HwsimError] = []
+    for (plan, manifest), job, got in zip(builds, jobs, timed, strict=True):
+        if got.error:
+            out.append(got.error)
+            continue
+        device = manifest["target"]["device"]
+        method = hosttiming.describe(passes)
+        lat = {"tvm": _host_figures(got.tvm, device, method),
+               "onnxruntime": _host_figures(got.onnxruntime, device, method)}
+        lat["tvm_over_onnxruntime"] = round(lat["tvm"]["median_ms"] / lat["onnxruntime"]["median_ms"], 3)
+        manifest = {**manifest, "latency": lat}
+        lat["calibrated"] = _calibrated(got.profile, manifest, job.threads, step)
+        seconds = {**manifest["compile_seconds"], "measuring latency": share}
+        manifest = _with_estimates({**manifest, "compile_seconds": seconds}, graph_of(plan), plan.spec)
+        write_atomic(plan.out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        out.append(manifest)
+    return out
 
 
 def _with_estimates(manifest: dict[str, Any], graph: Graph, spec: Target, launches: int = 0) -> dict[str, Any]:
@@ -476,13 +483,18 @@ def _measure_remote(lib: Path, address: str, key: str | None, inputs: list[np.nd
     return {"tvm": {**_latency(remote.times_ms, device), "method": "TVM time_evaluator, mean of 5 runs per repeat"}}
 
 
-def _latency(times_ms: list[float], device: str, rounds: list[list[float]] | None = None) -> dict[str, Any]:
-    out = {"provenance": "measured", "device": device, "median_ms": round(float(np.median(times_ms)), 4),
-           "min_ms": round(float(np.min(times_ms)), 4), "runs": len(times_ms)}
-    if rounds:
-        out["round_medians_ms"] = [round(float(np.median(r)), 4) for r in rounds]
-        out["quietest_round_ms"] = min(out["round_medians_ms"])
-    return out
+def _latency(times_ms: list[float], device: str) -> dict[str, Any]:
+    return {"provenance": "measured", "device": device, "median_ms": round(float(np.median(times_ms)), 4),
+            "min_ms": round(float(np.min(times_ms)), 4), "runs": len(times_ms)}
+
+
+def _host_figures(rounds: list[list[float]], device: str, method: str) -> dict[str, Any]:
+    """A host build's figure is its quietest round's median (hwsim/hosttiming.py says why); every round's
+    median and the median of all runs stay beside it."""
+    medians = [round(float(np.median(r)), 4) for r in rounds]
+    runs = [t for r in rounds for t in r]
+    return {**_latency(runs, device), "median_ms": min(medians), "all_runs_median_ms": round(float(np.median(runs)), 4),
+            "round_medians_ms": medians, "method": method}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ compiled as it is.
 
 Jobs are hwsim compiles (each cached by its own key, a deterministic failure too: hwsim/buildcache.py),
 looked up before any starts. Exports and builds run in a process pool; host builds are built and verified
-there but timed afterwards, one at a time, so no measurement shares the machine with a build. The variant
+there but timed afterwards, together and in fresh processes (hwsim/hosttiming.py), so no measurement shares
+the machine with a build. The variant
 plan, the exports, the host's branch-overhead measurement and the report are cached too: an unchanged rerun
 writes nothing.
 """
@@ -248,10 +249,10 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def _run_job(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol: float, rpc: str | None,
-             rpc_key: str | None, measure: bool = True) -> dict[str, Any]:
+             rpc_key: str | None) -> dict[str, Any]:
     """One compile; failures are recorded, not raised (a failed target must not stop the matrix), and a
-    deterministic one is cached in the job's directory like a build. `measure` False: a host build is not
-    timed yet (see compile_model)."""
+    deterministic one is cached in the job's directory like a build. A host build is not timed here (run_jobs
+    times them all together afterwards)."""
     from hwsim.api import compile_model
 
     entry = _entry(job, root)
@@ -259,7 +260,7 @@ def _run_job(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol
         # the matrix directory is ours: a job whose inputs changed replaces its stale build (force)
         result = compile_model(onnx, target=job.target_file or job.target, shapes=dict(job.shapes),
                                out=job.path(Path(root)), force=True, runs=runs, rtol=rtol, rpc=rpc, rpc_key=rpc_key,
-                               record_failure=True, retry_failed=retry_failed, measure=measure)
+                               record_failure=True, retry_failed=retry_failed, measure=False)
         return {**entry, "status": "ok", "cached": result.cached}
     except Exception as e:  # every failure is reported in the matrix: HwsimError, verification, TVM, qemu
         return {**entry, "status": "failed", "error": describe(e), "cached": isinstance(e, CachedFailure)}
@@ -272,18 +273,16 @@ def _entry(job: Job, root: str) -> dict[str, Any]:
 
 
 def _lookup(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol: float, rpc: str | None,
-            rpc_key: str | None, measure: bool = True) -> dict[str, Any] | None:
+            rpc_key: str | None) -> dict[str, Any] | None:
     """The job's entry when the cache answers it (a build, or a failure not to be retried), else None (also for
     a host build not yet timed): a rerun of an unchanged matrix starts no build process at all. Takes
     _run_job's arguments."""
-    from hwsim.api import plan_build
     from hwsim.buildcache import PENDING, failure_line, lookup
 
-    plan = plan_build(onnx, target=job.target_file or job.target, shapes=dict(job.shapes), out=job.path(Path(root)),
-                      runs=runs, rtol=rtol, rpc=rpc, rpc_key=rpc_key)
+    plan = _build_plan(job, onnx, root, retry_failed, runs, rtol, rpc, rpc_key)
     found = lookup(plan.out_dir, plan.key)
     if found is None or (found.get("status") == "failed" and retry_failed) or \
-            (measure and PENDING in found.get("latency", {})):
+            PENDING in found.get("latency", {}):
         return None
     entry = _entry(job, root)
     if found.get("status") == "failed":
@@ -291,10 +290,20 @@ def _lookup(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol:
     return {**entry, "status": "ok", "cached": True}
 
 
+def _build_plan(job: Job, onnx: str, root: str, _retry_failed: bool, runs: int, rtol: float, rpc: str | None,
+          rpc_key: str | None) -> Any:
+    """The job's BuildPlan (takes _run_job's arguments)."""
+    from hwsim.api import plan_build
+
+    return plan_build(onnx, target=job.target_file or job.target, shapes=dict(job.shapes), out=job.path(Path(root)),
+                      runs=runs, rtol=rtol, rpc=rpc, rpc_key=rpc_key)
+
+
 def run_jobs(jobs: list[Job], onnx: dict[tuple[str, str], str], root: Path, *, retry_failed: bool, workers: int,
              runs: int, rtol: float, rpc: str | None, rpc_key: str | None, progress: Progress) -> list[dict[str, Any]]:
     """Cache hits first, then every build in a pool of `workers` processes (host builds built and verified but
-    not timed), then the host builds timed one by one, alone on the machine."""
+    not timed), then the host builds timed together, alone on the machine, each in fresh processes
+    (hwsim/hosttiming.py)."""
     def spec(job: Job) -> Any:
         return load_target(job.target_file or job.target)
 
@@ -302,10 +311,10 @@ def run_jobs(jobs: list[Job], onnx: dict[tuple[str, str], str], root: Path, *, r
         s = spec(job)
         return s.kind == "cpu" and not s.tvm.mtriple and not rpc
 
-    def args(j: Job, measure: bool = True) -> tuple:
+    def args(j: Job) -> tuple:
         cpu_rpc = rpc if spec(j).kind == "cpu" else None
         return (j, onnx[(j.variant, j.phase)], str(root), retry_failed, runs, rtol, cpu_rpc,
-                rpc_key if cpu_rpc else None, measure)
+                rpc_key if cpu_rpc else None)
 
     results: list[dict[str, Any]] = []
     todo = []
@@ -320,7 +329,7 @@ def run_jobs(jobs: list[Job], onnx: dict[tuple[str, str], str], root: Path, *, r
     built: dict[Job, dict[str, Any]] = {}
     if todo and workers > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_run_job, *args(j, measure=False)): j for j in todo}
+            futures = {pool.submit(_run_job, *args(j)): j for j in todo}
             for fut in as_completed(futures):
                 built[futures[fut]] = fut.result()
                 done += 1
@@ -328,12 +337,18 @@ def run_jobs(jobs: list[Job], onnx: dict[tuple[str, str], str], root: Path, *, r
     else:
         for j in todo:
             progress(f"building {done + 1}/{len(jobs)}: {j.variant} on {j.target} ({j.phase})")
-            built[j] = _run_job(*args(j, measure=False))
+            built[j] = _run_job(*args(j))
             done += 1
     timed = [j for j in todo if measured_here(j) and built[j]["status"] == "ok"]
-    for i, j in enumerate(timed):
-        progress(f"timing {i + 1}/{len(timed)} on the host: {j.variant} ({j.phase})")
-        built[j] = {**_run_job(*args(j)), "cached": built[j]["cached"]}
+    if timed:
+        from hwsim.api import measure_pending
+        from hwsim.buildcache import lookup
+
+        plans = [_build_plan(*args(j)) for j in timed]
+        got = measure_pending([(plan, lookup(plan.out_dir, plan.key)) for plan in plans], progress=progress)
+        for j, g in zip(timed, got, strict=True):
+            if isinstance(g, Exception):
+                built[j] = {**built[j], "status": "failed", "error": describe(g)}
     results += built.values()
     order = {(j.variant, j.target, j.phase): i for i, j in enumerate(jobs)}
     return sorted(results, key=lambda r: order[(r["variant"], r["target"], r["phase"])])
