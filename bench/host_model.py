@@ -100,7 +100,7 @@ def main() -> int:
                     help="time every build again, R rounds in each of --passes fresh processes, and compare "
                          "with the quietest round")
     ap.add_argument("--round-s", type=float, default=0.1, help="seconds per build per round (--retime)")
-    ap.add_argument("--passes", type=int, default=4,
+    ap.add_argument("--passes", type=int, default=6,
                     help="fresh processes per build (--retime), in alternating orders; R rounds in each")
     ap.add_argument("--repredict", action="store_true",
                     help="predict again with this code's model and calibration (from each build's census)")

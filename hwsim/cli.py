@@ -98,7 +98,7 @@ def _csv(values: tuple[str, ...]) -> list[str]:
               help="fp32 budget of |artifact - reference| / max|reference| per output; fp16 ops on the path add "
                    "twice their measured rounding effect (see the manifest's verification.tolerance_rule)")
 @click.option("--runs", default=20, show_default=True,
-              help="minimum timed runs in all; a host build is timed in 3 rounds in each of 4 fresh processes "
+              help="minimum timed runs in all; a host build is timed in 3 rounds in each of 6 fresh processes "
                    "($HWSIM_TIMING_PASSES), beside onnxruntime, and its figure is the quietest round's median")
 @click.option("--rpc", metavar="HOST:PORT",
               help="also verify and time CPU builds on a device running `python -m tvm.exec.rpc_server` "

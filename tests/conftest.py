@@ -14,6 +14,6 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # The calibrated host model fits itself to minutes of microbenchmarks (codegen/calibrate.py); tests that
     # time host builds record it as skipped. tests/test_hostmodel.py runs a calibration of its own.
     os.environ.setdefault("HWSIM_CALIBRATE", "0")
-    # host builds are timed in fresh processes (hwsim/hosttiming.py), four by default: one is enough here
+    # host builds are timed in fresh processes (hwsim/hosttiming.py), six by default: one is enough here
     os.environ.setdefault("HWSIM_TIMING_PASSES", "1")
     return path
