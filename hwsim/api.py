@@ -362,7 +362,10 @@ def measure_pending(builds: list[tuple[BuildPlan, dict[str, Any]]], progress: Pr
     its error takes its place."""
     from codegen import calibrate, host
 
+    if not builds:
+        return []
     step = progress or (lambda _msg: None)
+
     def graph_of(plan: BuildPlan) -> Graph:  # imported again when needed: a zoo's graphs hold gigabytes together
         return import_graph(plan.src, {k: tuple(v) for k, v in plan.options["shapes"].items()})
 

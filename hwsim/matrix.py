@@ -344,9 +344,17 @@ def run_jobs(jobs: list[Job], onnx: dict[tuple[str, str], str], root: Path, *, r
         from hwsim.api import measure_pending
         from hwsim.buildcache import lookup
 
-        plans = [_build_plan(*args(j)) for j in timed]
-        got = measure_pending([(plan, lookup(plan.out_dir, plan.key)) for plan in plans], progress=progress)
-        for j, g in zip(timed, got, strict=True):
+        pending = []
+        for j in timed:
+            plan = _build_plan(*args(j))
+            manifest = lookup(plan.out_dir, plan.key)
+            if manifest is None:  # hwsim's own source changed while the matrix ran: the build's key with it
+                built[j] = {**built[j], "status": "failed",
+                            "error": f"{plan.out_dir}: the build changed under the matrix before it was timed"}
+            else:
+                pending.append((j, plan, manifest))
+        got = measure_pending([(plan, manifest) for _, plan, manifest in pending], progress=progress)
+        for (j, _, _), g in zip(pending, got, strict=True):
             if isinstance(g, Exception):
                 built[j] = {**built[j], "status": "failed", "error": describe(g)}
     results += built.values()
