@@ -90,13 +90,15 @@ def time_builds(jobs: list[Job], *, runs: int, passes: int, rounds: int = ROUNDS
         for i, job in enumerate(jobs):
             feeds = Path(tmp) / f"{i}.npz"
             np.savez(feeds, *job.inputs)
-            specs.append(json.dumps({"lib": str(job.lib), "onnx": job.onnx and str(job.onnx), "names": job.names,
+            # absolute paths: the child runs in the checkout's root, whatever directory this process is in
+            specs.append(json.dumps({"lib": str(job.lib.resolve()), "onnx": job.onnx and str(job.onnx.resolve()),
+                                     "names": job.names,
                                      "inputs": str(feeds), "threads": job.threads, "rounds": rounds,
                                      "runs": per_round, "round_s": round_s}))
         for n, i in enumerate(schedule):
-            progress(f"timing {n + 1}/{len(schedule)} in a fresh process: {jobs[i].lib.parent}")
             if got[i].error:
                 continue
+            progress(f"timing {n + 1}/{len(schedule)} in a fresh process: {jobs[i].lib.parent}")
             try:
                 out = _run_child(specs[i], jobs[i].lib, profile=profile and not got[i].profile)
             except HwsimError as e:

@@ -45,6 +45,15 @@ def test_every_pass_is_a_process_of_its_own_and_a_failing_build_does_not_stop_th
     assert isinstance(got[1].error, HwsimError) and "missing.so" in str(got[1].error)
 
 
+def test_relative_paths_are_the_caller_s(built: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The children run in the checkout's root: a build named relative to the caller's directory is still found."""
+    build, onnx = built
+    monkeypatch.chdir(build.parent)
+    (got,) = hosttiming.time_builds([job(Path(build.name), Path(onnx.name))], runs=1, passes=1, rounds=1,
+                                    round_s=0.01)
+    assert got.error is None and len(got.tvm) == 1 and len(got.onnxruntime) == 1
+
+
 def test_a_compile_reports_the_quietest_round_and_every_round(tmp_path: Path, built: tuple[Path, Path],
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HWSIM_TIMING_PASSES", "2")
