@@ -178,6 +178,8 @@ def compile_model(model: str | None = None, *, target: str = "host",
         check_reachable(rpc)
     if rpc_key and not rpc:
         raise HwsimError("--rpc-key needs --rpc HOST:PORT of the tracker")
+    if measure and spec.kind == "cpu" and not spec.tvm.mtriple and not rpc:
+        hosttiming.passes()  # a bad HWSIM_TIMING_PASSES is an error now, not after the build
     plan = plan_build(model, target=target, shapes=shapes, out=out, seed=seed, rtol=rtol, runs=runs, rpc=rpc,
                       rpc_key=rpc_key, progress=step)
     src, out_dir = plan.src, plan.out_dir

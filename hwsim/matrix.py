@@ -316,6 +316,10 @@ def run_jobs(jobs: list[Job], onnx: dict[tuple[str, str], str], root: Path, *, r
         return (j, onnx[(j.variant, j.phase)], str(root), retry_failed, runs, rtol, cpu_rpc,
                 rpc_key if cpu_rpc else None)
 
+    if any(measured_here(j) for j in jobs):
+        from hwsim.hosttiming import passes
+
+        passes()  # a bad HWSIM_TIMING_PASSES is an error now, not after every build
     results: list[dict[str, Any]] = []
     todo = []
     progress("looking up cached builds")

@@ -72,3 +72,11 @@ def test_timing_passes_must_be_a_positive_whole_number(monkeypatch: pytest.Monke
     monkeypatch.setenv("HWSIM_TIMING_PASSES", value)
     with pytest.raises(HwsimError, match="HWSIM_TIMING_PASSES"):
         hosttiming.passes()
+
+
+def test_a_bad_timing_passes_fails_before_the_build(tmp_path: Path, built: tuple[Path, Path],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HWSIM_TIMING_PASSES", "0")
+    with pytest.raises(HwsimError, match="HWSIM_TIMING_PASSES"):
+        compile_model(str(built[1]), out=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
