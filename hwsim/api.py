@@ -367,13 +367,9 @@ def measure_pending(builds: list[tuple[BuildPlan, dict[str, Any]]], progress: Pr
     if not builds:
         return []
     step = progress or (lambda _msg: None)
-
-    def graph_of(plan: BuildPlan) -> Graph:  # imported again when needed: a zoo's graphs hold gigabytes together
-        return import_graph(plan.src, {k: tuple(v) for k, v in plan.options["shapes"].items()})
-
     jobs = []
     for plan, _ in builds:
-        graph = graph_of(plan)
+        graph = import_graph(plan.src, {k: tuple(v) for k, v in plan.options["shapes"].items()})
         threads = int(host.tvm_target(plan.spec).attrs.get("num-cores", os.cpu_count() or 1))
         jobs.append(hosttiming.Job(plan.out_dir / "model.so", plan.src.path, [v.name for v in graph.inputs],
                                    random_inputs(graph, plan.options["seed"]), min(threads, os.cpu_count() or 1)))
@@ -394,10 +390,11 @@ def measure_pending(builds: list[tuple[BuildPlan, dict[str, Any]]], progress: Pr
         lat = {"tvm": _host_figures(got.tvm, device, method),
                "onnxruntime": _host_figures(got.onnxruntime, device, method)}
         lat["tvm_over_onnxruntime"] = round(lat["tvm"]["median_ms"] / lat["onnxruntime"]["median_ms"], 3)
-        manifest = {**manifest, "latency": lat}
-        lat["calibrated"] = _calibrated(got.profile, manifest, job.threads, step)
+        lat["roofline"] = manifest["latency"]["roofline"]  # estimated when the build was made (_with_estimates)
+        _beside_roofline(lat)
         seconds = {**manifest["compile_seconds"], "measuring latency": share}
-        manifest = _with_estimates({**manifest, "compile_seconds": seconds}, graph_of(plan), plan.spec)
+        manifest = {**manifest, "latency": lat, "compile_seconds": seconds}
+        lat["calibrated"] = _calibrated(got.profile, manifest, job.threads, step)
         write_atomic(plan.out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         out.append(manifest)
     return out
@@ -406,14 +403,18 @@ def measure_pending(builds: list[tuple[BuildPlan, dict[str, Any]]], progress: Pr
 def _with_estimates(manifest: dict[str, Any], graph: Graph, spec: Target, launches: int = 0) -> dict[str, Any]:
     """Add the roofline latency (beside a measurement, with their ratio) and the energy estimate."""
     est = roofline.estimate(graph, spec, launches)
-    lat = manifest["latency"]
-    lat["roofline"] = est
-    if "tvm" in lat and est["median_ms"] > 0:
-        lat["measured_over_estimated"] = float(f"{lat['tvm']['median_ms'] / est['median_ms']:.4g}")
+    manifest["latency"]["roofline"] = est
+    _beside_roofline(manifest["latency"])
     manifest["energy"] = {"provenance": "estimated", "model": est["model"], "assumptions": est["assumptions"],
                           "compute_pj": est["energy_pj"]["compute"], "memory_pj": est["energy_pj"]["memory"],
                           "table": est["energy_table"]}
     return manifest
+
+
+def _beside_roofline(lat: dict[str, Any]) -> None:
+    """The measured latency over the roofline's, where both are there."""
+    if "tvm" in lat and lat["roofline"]["median_ms"] > 0:
+        lat["measured_over_estimated"] = float(f"{lat['tvm']['median_ms'] / lat['roofline']['median_ms']:.4g}")
 
 
 def _common(graph: Graph, ir_text: str, timings: dict[str, float]) -> dict[str, Any]:

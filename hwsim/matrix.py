@@ -11,9 +11,8 @@ compiled as it is.
 Jobs are hwsim compiles (each cached by its own key, a deterministic failure too: hwsim/buildcache.py),
 looked up before any starts. Exports and builds run in a process pool; host builds are built and verified
 there but timed afterwards, together and in fresh processes (hwsim/hosttiming.py), so no measurement shares
-the machine with a build. The variant
-plan, the exports, the host's branch-overhead measurement and the report are cached too: an unchanged rerun
-writes nothing.
+the machine with a build. The variant plan, the exports, the host's branch-overhead measurement and the
+report are cached too: an unchanged rerun writes nothing.
 """
 
 import hashlib
@@ -291,7 +290,7 @@ def _lookup(job: Job, onnx: str, root: str, retry_failed: bool, runs: int, rtol:
 
 
 def _build_plan(job: Job, onnx: str, root: str, _retry_failed: bool, runs: int, rtol: float, rpc: str | None,
-          rpc_key: str | None) -> Any:
+                rpc_key: str | None) -> Any:
     """The job's BuildPlan (takes _run_job's arguments)."""
     from hwsim.api import plan_build
 
