@@ -80,11 +80,12 @@ def gguf_files(hf_dir: Path, name: str, binaries: Path) -> dict[str, tuple[Path,
     return files
 
 
-def bench(binaries: Path, gguf: Path, threads: int, prefill: int, context: int, reps: int) -> dict[str, float]:
-    """ms of a prefill of `prefill` tokens (empty cache) and of one decoded token after `context` tokens."""
-    def ms(args: list[str]) -> float:
+def bench(binaries: Path, gguf: Path, threads: int, prefill: int, context: int, reps: int) -> dict[str, list[float]]:
+    """ms of each of `reps` prefills of `prefill` tokens (empty cache) and of `reps` decoded tokens after
+    `context` tokens, in llama-bench's order, from one llama-bench process per phase."""
+    def samples(args: list[str]) -> list[float]:
         out = subprocess.run([str(binaries / "llama-bench"), "-m", str(gguf), "-t", str(threads), "-r", str(reps),
                               "-o", "json", *args], capture_output=True, text=True, check=True).stdout
-        return json.loads(out)[0]["avg_ns"] / 1e6
-    return {"prefill": ms(["-p", str(prefill), "-n", "0"]),
-            "decode": ms(["-p", "0", "-n", "1", "-d", str(context)])}
+        return [ns / 1e6 for ns in json.loads(out)[0]["samples_ns"]]
+    return {"prefill": samples(["-p", str(prefill), "-n", "0"]),
+            "decode": samples(["-p", "0", "-n", "1", "-d", str(context)])}

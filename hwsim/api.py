@@ -38,7 +38,7 @@ from hwsim.frontend import import_model, load_onnx
 from hwsim.frontend.importer import graph_name
 from hwsim.ir import Graph, print_graph
 from hwsim.memory import memory_report
-from hwsim.passes import DEFAULT_PIPELINE, run_pipeline
+from hwsim.passes import CPU_PIPELINE, DEFAULT_PIPELINE, run_pipeline
 from hwsim.precision import RULE as VERIFICATION_RULE
 from hwsim.precision import Reference, reference, verify_outputs
 from hwsim.reference import random_inputs
@@ -210,6 +210,16 @@ def compile_model(model: str | None = None, *, target: str = "host",
     return CompileResult(out_dir, manifest, cached=False)
 
 
+def _for_target(graph: Graph, spec: Target) -> Graph:
+    """The graph a target's code is generated from: CPU builds run CPU_PIPELINE on a clone (the manifest's
+    IR, memory, roofline and the verifier's interpreter keep the imported graph)."""
+    if spec.kind != "cpu":
+        return graph
+    lowered = graph.clone()
+    run_pipeline(lowered, CPU_PIPELINE)
+    return lowered
+
+
 def _measured(plan: BuildPlan, manifest: dict[str, Any], step: Progress) -> dict[str, Any]:
     (got,) = measure_pending([(plan, manifest)], progress=step)
     if isinstance(got, HwsimError):
@@ -239,7 +249,7 @@ def _build(src: ModelSource, spec: Target, shapes: dict[str, tuple[int, ...]] | 
     if spec.kind == "accel":
         return _build_accel(src, graph, ir_text, spec, tmp, seed, rtol, timings, timed)
     tvm_target = cuda.tvm_target(spec) if spec.kind == "gpu" else host.tvm_target(spec)
-    mod = timed("lowering to Relax", lambda: to_relax(graph, tvm_target))
+    mod = timed("lowering to Relax", lambda: to_relax(_for_target(graph, spec), tvm_target))
     lib = tmp / "model.so"
     census: list[dict[str, Any]] = []
     threads = int(tvm_target.attrs.get("num-cores", os.cpu_count() or 1))

@@ -134,6 +134,23 @@ class Graph:
         self.nodes = nodes
         self.layers = layers or []
 
+    def clone(self) -> Graph:
+        """A copy a pass can rewrite while this graph stays as it is: new nodes and values, constants' data
+        shared (a target's own passes run on a clone; reports and the verifier's oracle keep the original)."""
+        new: dict[int, Value] = {}
+
+        def copy(v: Value) -> Value:
+            if id(v) not in new:
+                new[id(v)] = Value(v.name, v.type, data=v.data)
+            return new[id(v)]
+
+        inputs = [copy(v) for v in self.inputs]
+        nodes = [Node(n.op, [copy(v) for v in n.inputs], [copy(v) for v in n.outputs], n.attrs, name=n.name)
+                 for n in self.nodes]
+        layers = [Layer(x.op_type, x.name, [copy(v) for v in x.inputs], [copy(v) for v in x.outputs], x.status,
+                        x.lowered) for x in self.layers]
+        return Graph(self.name, inputs, [copy(v) for v in self.outputs], nodes, layers)
+
     def values(self) -> Iterator[Value]:
         """Every value once: inputs, then node inputs/outputs in order, then graph outputs."""
         seen: set[int] = set()
