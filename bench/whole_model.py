@@ -160,6 +160,13 @@ def main() -> None:
     p.add_argument("--gguf", default="F32,F16,Q4_0,TQ2_0,TQ1_0", help="llama.cpp's GGUF types, comma-separated")
     p.add_argument("--out", type=Path, default=Path("bench/results/whole_model.json"))
     args = p.parse_args()
+    if min(args.passes, args.rounds, args.runs, args.threads) < 1:
+        p.error("--passes, --rounds, --runs and --threads must be at least 1")
+    import llamacpp
+
+    known = ("F32", "F16", *llamacpp.QUANTISED)
+    if unknown := [k for k in args.gguf.split(",") if k not in known]:
+        p.error(f"--gguf: unknown type {', '.join(unknown)} (known: {', '.join(known)})")
     t = args.threads
     os.environ["TVM_NUM_THREADS"] = str(t)
     # the builds' own timing and calibration are not used here: this bench times them itself
@@ -201,8 +208,6 @@ def main() -> None:
                          hosttiming.Job(build / "model.so", Path(variant["exports"][phase]["path"]), names, feeds, t)))
     llama: dict[str, tuple[Path, int]] = {}
     if args.llama_cpp:
-        import llamacpp
-
         from models.zoo import zoo_dir
 
         print("building llama.cpp from the llama-cpp-python sdist and converting the model (cached after the first "
