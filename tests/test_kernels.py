@@ -53,16 +53,27 @@ def test_lut_kernel_matches_numpy(isa: str, bits: int, m: int, n: int, k: int) -
     assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("bits", [1, 2])
 @pytest.mark.parametrize("m, n, k", [(1, 64, 256), (3, 32, 544), (2, 48, 32), (1, 576, 576)])
-def test_vnni_lut_kernel_matches_numpy(bits: int, m: int, n: int, k: int) -> None:
+def test_vnni_lut_kernel_matches_numpy(bits: int, m: int, n: int, k: int, threads: int) -> None:
+    """threads=3 leaves the last decode thread without a task at N=64 (4 tasks, 2 a thread)."""
     if "avx512vnni" not in shuffle_isas(HOST):
         pytest.skip("this CPU lacks AVX-512 VBMI + VNNI: the vpermb/vpdpbusd LUT kernel cannot run here")
     w = weights(bits, n, k)
     x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
-    got = run_kernel(vnni_kernel(m, n, k, "k", planes=bits), x, vnni_layout(w, bits), n)
+    got = run_kernel(vnni_kernel(m, n, k, "k", planes=bits, threads=threads), x,
+                     vnni_layout(w, bits, threads=threads), n)
     ref = x @ w.T.astype(np.float32)
     assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()  # the same 24-bit tables as the AVX2 kernel
+
+
+@pytest.mark.parametrize("n, threads, tasks", [(576, 2, 18), (576, 1, 9), (3072, 2, 12), (192, 2, 12)])
+def test_vnni_tasks_split_evenly_over_the_threads(n: int, threads: int, tasks: int) -> None:
+    """36 row blocks on 2 threads: 18 tasks of 2 blocks (9 of 4 would give one thread 5, the other 4)."""
+    from codegen.kernels.lut_vnni import ROWS, _plan
+
+    assert n // ROWS // _plan(n, 576, threads)[1] == tasks
 
 
 def test_vnni_layout_puts_row_and_group_in_byte_lanes() -> None:

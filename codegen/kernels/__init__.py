@@ -108,8 +108,9 @@ def choose_accumulate(bits: int, m: int, n: int, k: int, target: tvm.target.Targ
     if lut and (not prefill or (k >= LUT_MIN_DEPTH and (bits == 1 or m < 4 * UNPACK_MIN_TOKENS))):
         name = named(f"lut_{isa}")
         if isa == VNNI:
-            return Kernel(name, "lut", vnni_kernel(m, n, k, name, planes=bits, fused=fused),
-                          lambda p: vnni_layout(unpack_weights(p, k, bits), planes=bits), fused)
+            threads = int(target.attrs.get("num-cores", 1))  # the decode kernel's parallel region, one per thread
+            return Kernel(name, "lut", vnni_kernel(m, n, k, name, planes=bits, fused=fused, threads=threads),
+                          lambda p: vnni_layout(unpack_weights(p, k, bits), planes=bits, threads=threads), fused)
         return Kernel(name, "lut", lut_kernel(m, n, k, name, isa, planes=bits, fused=fused),
                       lambda p: lut_layout(unpack_weights(p, k, bits), isa, planes=bits), fused)
     if prefill:

@@ -34,10 +34,10 @@ PERMUTE = "llvm.x86.avx512.permvar.qi.512"
 DOT = "llvm.x86.avx512.vpdpbusd.512"
 SPREAD = "llvm.x86.avx512.permvar.sf.512"
 # Software prefetch of the weight stream: a decode step's layers are small (28-221 KB on SmolLM2) and come from
-# DRAM, too short for the hardware prefetcher to ramp up. Each task first requests its first LEAD bytes, then
-# every 64-byte load requests the line PREFETCH bytes ahead (1x1536x576 trits from DRAM: 13.7 vs 15.6 us,
-# 576x1536 20.6 vs 22.9; 4096 bytes ahead gained less; znver4, 2 threads). Prefetches never fault, so the
-# ones past the end of the weights are harmless.
+# DRAM, too short for the hardware prefetcher to ramp up. A decode thread requests its first LEAD bytes before
+# it builds its tables (a prefill task before its first load), then every 64-byte load requests the line
+# PREFETCH bytes ahead (1x1536x576 trits from DRAM: 13.7 vs 15.6 us, 576x1536 20.6 vs 22.9; 4096 bytes ahead
+# gained less; znver4, 2 threads). Prefetches never fault, so the ones past the end of the weights are harmless.
 PREFETCH = 2048
 LEAD = 2048
 
@@ -73,19 +73,20 @@ def vnni_fits(n: int, k: int, planes: int = 2) -> bool:
     return n % ROWS == 0 and k % (2 * QUAD) == 0 and planes * k // 4 < 1 << 15
 
 
-def _plan(n: int, k: int) -> tuple[int, int]:
-    """(quads per K tile, row blocks per parallel task) for an n x k layer."""
+def _plan(n: int, k: int, threads: int = 1) -> tuple[int, int]:
+    """(quads per K tile, row blocks per parallel task) for an n x k layer: a task count that the threads
+    share evenly where N allows (36 blocks over 2 threads: 18 tasks of 2, not 9 of 4)."""
     quads, obs = k // QUAD, n // ROWS
     tile = next(t for t in range(min(TILE_QUADS, quads), 0, -2) if quads % t == 0)
-    blocks = next(b for b in (BLOCKS, 8, 4, 2, 1) if obs % b == 0 and (obs // b >= MIN_TASKS or b == 1))
-    return tile, blocks
+    fits = [b for b in (BLOCKS, 8, 4, 2, 1) if obs % b == 0 and (obs // b >= MIN_TASKS or b == 1)]
+    return tile, next((b for b in fits if obs // b % threads == 0), fits[0])
 
 
-def vnni_layout(weights: np.ndarray, planes: int) -> np.ndarray:
+def vnni_layout(weights: np.ndarray, planes: int, threads: int = 1) -> np.ndarray:
     """Signs (planes=1) or trits (planes=2) [n, k] -> the kernel's nibble layout, in the order the kernel reads
     it: [task, K tile, block, plane, quad pair in tile, 4r + j] (each thread streams its tasks front to back)."""
     n, k = weights.shape
-    tile, blocks = _plan(n, k)
+    tile, blocks = _plan(n, k, threads)
     bit_planes = [weights > 0] if planes == 1 else [weights >= 0, weights > 0]
     out = []
     for plane in bit_planes:
@@ -98,90 +99,137 @@ def vnni_layout(weights: np.ndarray, planes: int) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 3, 1, 2, 4, 5))
 
 
-def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused = UNFUSED) -> tirx.PrimFunc:
+def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused = UNFUSED,
+                threads: int = 1) -> tirx.PrimFunc:
     """PrimFunc(x [m, k] f32, w (vnni_layout) u8, extras, y [m, n] f32), row blocks split across threads; y is
-    the mean over the planes (1: signs, 2: trits)."""
+    the mean over the planes (1: signs, 2: trits).
+
+    One row (decode) runs as one parallel region of `threads` iterations, each building its own copy of the
+    tables and then streaming its share of the weights: a table built by one core and read by the other costs
+    a cross-core transfer for every line the next call rewrites (a serial build of K=1536's 18 KiB of tables
+    stalled 5 us a call on its stores, znver4), and the weights' first lines arrive while the tables are built.
+    Several rows (prefill) build the tables in one parallel loop and split the row blocks in a second."""
     if not vnni_fits(n, k, planes):
         raise ValueError(f"VNNI LUT kernel needs N % {ROWS} == 0, K % {2 * QUAD} == 0 and planes x K/4 < 2**15, "
                          f"got N={n}, K={k}, planes={planes}")
     groups, quads, obs = k // 4, k // QUAD, n // ROWS
-    tile, blocks = _plan(n, k)
+    tile, blocks = _plan(n, k, threads)
+    tasks = obs // blocks
+    per = -(-tasks // threads)  # a decode thread's tasks
     # lo and mid bytes are stored biased by -128; with the bias back, lo + 256 mid lies in [0, 65535 x lookups],
     # inside int32 for fewer than 2**15 lookups per row (vnni_fits)
     bias = 128 * 257 * planes * groups
     task_bytes = blocks * planes * quads * 32
+    flat = obs * planes * quads * 32 + max(PREFETCH, LEAD)  # w, flat, for prefetches (which may pass its end)
+
+    @T.macro
+    def build_quad(x: T.Buffer, pre: T.Buffer, inv: T.Buffer, lo: T.Buffer, mid: T.Buffer, hi: T.Buffer,
+                   i: tirx.Expr, q: tirx.Expr) -> None:
+        """Quad q's 64 entries of row i at once: four vectors of 16 (vpermps spreads the quad's activations),
+        packed to bytes by saturating packs whose 128-bit-lane order puts entry p of group j at byte 16j + p."""
+        xs = T.alloc_buffer((16,), "float32")
+        v = T.alloc_buffer((4, 16), "int32")
+        xs[T.ramp(0, 1, 16)] = x[i, T.ramp(16 * q, 1, 16)] * T.broadcast(inv[i], 16)
+        if fused.pre:
+            xs[T.ramp(0, 1, 16)] = xs[T.ramp(0, 1, 16)] * pre[T.ramp(16 * q, 1, 16)]
+        for c in T.unroll(4):
+            v[c, T.ramp(0, 1, 16)] = T.max(T.min(T.Cast("int32x16", T.round(quad_entries(
+                xs[T.ramp(0, 1, 16)], c))), T.broadcast(FULL, 16)), T.broadcast(-FULL, 16))
+        lo[i, q, T.ramp(0, 1, 64)] = T.bitwise_xor(_pack(v, 255, 0, False), T.broadcast(T.int8(-128), 64))
+        mid[i, q, T.ramp(0, 1, 64)] = T.bitwise_xor(_pack(v, 255, 8, False), T.broadcast(T.int8(-128), 64))
+        hi[i, q, T.ramp(0, 1, 64)] = _pack(v, -1, 16, True)
+
+    @T.macro
+    def lead(wf: T.Buffer, obo: tirx.Expr) -> None:
+        """Request task obo's first LEAD bytes."""
+        for j in range(LEAD // 64):
+            T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
+                wf[obo * task_bytes + j * 64]), 0, 3, 1))
+
+    @T.macro
+    def accumulate(w: T.Buffer, wf: T.Buffer, lo: T.Buffer, mid: T.Buffer, hi: T.Buffer, scale: T.Buffer,
+                   post: T.Buffer, add: T.Buffer, y: T.Buffer, obo: tirx.Expr, i: tirx.Expr) -> None:
+        """Task obo's row blocks for activation row i, through the epilogue."""
+        acc = T.alloc_buffer((blocks, 3, 16), "int32")
+        # one accumulator set per nibble (even and odd quads): consecutive dot-products do not wait
+        part = T.alloc_buffer((2, 3, 16), "int32")
+        for obi, c in T.grid(blocks, 3):
+            acc[obi, c, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
+        for kt, obi in T.grid(quads // tile, blocks):
+            for s, c in T.grid(2, 3):
+                part[s, c, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
+            for pl, qp in T.grid(planes, tile // 2):
+                b = T.bind(w.vload([obo, kt, obi, pl, qp, 0], "uint8x64"))
+                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(wf[
+                    (((obo * (quads // tile) + kt) * blocks + obi) * planes + pl) * (tile // 2) * 64
+                    + qp * 64 + PREFETCH]), 0, 3, 1))
+                for s in T.unroll(2):  # the low nibbles index quad 2qp, the high ones quad 2qp + 1
+                    q = T.bind(kt * tile + 2 * qp + s)
+                    # byte lane 4r + j looks up entries 16j .. 16j + 15
+                    idx = T.bind(T.reinterpret("int8x64", ((b >> T.broadcast(T.uint8(4 * s), 64)) & T.broadcast(
+                        T.uint8(15), 64)) | T.Cast("uint8x64", (T.ramp(0, 1, 64) % 4) * 16)))
+                    ones = T.bind(T.broadcast(T.int8(1), 64))
+                    part[s, 0, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", DOT, part[
+                        s, 0, T.ramp(0, 1, 16)], ones, T.call_llvm_pure_intrin(
+                        "int8x64", PERMUTE, lo.vload([i, q, 0], "int8x64"), idx))
+                    part[s, 1, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", DOT, part[
+                        s, 1, T.ramp(0, 1, 16)], ones, T.call_llvm_pure_intrin(
+                        "int8x64", PERMUTE, mid.vload([i, q, 0], "int8x64"), idx))
+                    part[s, 2, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", DOT, part[
+                        s, 2, T.ramp(0, 1, 16)], ones, T.call_llvm_pure_intrin(
+                        "int8x64", PERMUTE, hi.vload([i, q, 0], "int8x64"), idx))
+            for s, c in T.grid(2, 3):
+                acc[obi, c, T.ramp(0, 1, 16)] = acc[obi, c, T.ramp(0, 1, 16)] + part[s, c, T.ramp(0, 1, 16)]
+        for obi in range(blocks):
+            col = T.bind((obo * blocks + obi) * 16)
+            # low and middle bytes recombine exactly in int32, the high byte joins in fp32
+            y[i, T.ramp(col, 1, 16)] = epilogue(T.Cast("float32x16", acc[obi, 0, T.ramp(0, 1, 16)] + acc[
+                obi, 1, T.ramp(0, 1, 16)] * T.broadcast(256, 16) + T.broadcast(bias, 16)) + T.Cast(
+                "float32x16", acc[obi, 2, T.ramp(0, 1, 16)]) * T.broadcast(T.float32(65536), 16),
+                scale[i] / T.float32(FULL * planes), post, add, i, col, 16, fused)
 
     @T.prim_func
-    def kernel(x: T.Buffer((m, k), "float32"),
-               w: T.Buffer((obs // blocks, quads // tile, blocks, planes, tile // 2, 64), "uint8"),
-               pre: T.Buffer((k,), "float32"), post: T.Buffer((n,), "float32"), add: T.Buffer((m, n), "float32"),
-               y: T.Buffer((m, n), "float32")):
+    def decode(x: T.Buffer((1, k), "float32"),
+               w: T.Buffer((tasks, quads // tile, blocks, planes, tile // 2, 64), "uint8"),
+               pre: T.Buffer((k,), "float32"), post: T.Buffer((n,), "float32"), add: T.Buffer((1, n), "float32"),
+               y: T.Buffer((1, n), "float32")):
         T.func_attr({"tirx.noalias": True})
-        wf = T.decl_buffer((obs * planes * quads * 32 + PREFETCH,), "uint8", data=w.data)  # w, flat (prefetches)
-        lo = T.alloc_buffer((m, quads, 64), "int8")  # low byte of each 24-bit entry, biased by -128
-        mid = T.alloc_buffer((m, quads, 64), "int8")  # middle byte, biased by -128
-        hi = T.alloc_buffer((m, quads, 64), "int8")  # high byte, signed
+        wf = T.decl_buffer((flat,), "uint8", data=w.data)
+        for t in T.parallel(threads):
+            lo = T.alloc_buffer((1, quads, 64), "int8")  # low byte of each 24-bit entry, biased by -128
+            mid = T.alloc_buffer((1, quads, 64), "int8")  # middle byte, biased by -128
+            hi = T.alloc_buffer((1, quads, 64), "int8")  # high byte, signed
+            scale = T.alloc_buffer((1,), "float32")
+            inv = T.alloc_buffer((1,), "float32")
+            lead(wf, T.min(t * per, tasks - 1))
+            row_scales(x, pre, inv, scale, 1, groups, fused.pre)
+            for q in range(quads):
+                build_quad(x, pre, inv, lo, mid, hi, 0, q)
+            for o in range(per):
+                if t * per + o < tasks:
+                    accumulate(w, wf, lo, mid, hi, scale, post, add, y, t * per + o, 0)
+
+    @T.prim_func
+    def prefill(x: T.Buffer((m, k), "float32"),
+                w: T.Buffer((tasks, quads // tile, blocks, planes, tile // 2, 64), "uint8"),
+                pre: T.Buffer((k,), "float32"), post: T.Buffer((n,), "float32"), add: T.Buffer((m, n), "float32"),
+                y: T.Buffer((m, n), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        wf = T.decl_buffer((flat,), "uint8", data=w.data)
+        lo = T.alloc_buffer((m, quads, 64), "int8")
+        mid = T.alloc_buffer((m, quads, 64), "int8")
+        hi = T.alloc_buffer((m, quads, 64), "int8")
         scale = T.alloc_buffer((m,), "float32")
         inv = T.alloc_buffer((m,), "float32")
         row_scales(x, pre, inv, scale, m, groups, fused.pre)
-        # a quad's 64 entries at once: four vectors of 16 (vpermps spreads the quad's activations), packed to
-        # bytes by saturating packs whose 128-bit-lane order puts entry p of group j at byte 16j + p
-        for iq in T.parallel(m * quads) if m > 1 else T.serial(quads):
-            i, q = T.bind(iq // quads), T.bind(iq % quads)
-            xs = T.alloc_buffer((16,), "float32")
-            v = T.alloc_buffer((4, 16), "int32")
-            xs[T.ramp(0, 1, 16)] = x[i, T.ramp(16 * q, 1, 16)] * T.broadcast(inv[i], 16)
-            if fused.pre:
-                xs[T.ramp(0, 1, 16)] = xs[T.ramp(0, 1, 16)] * pre[T.ramp(16 * q, 1, 16)]
-            for c in T.unroll(4):
-                v[c, T.ramp(0, 1, 16)] = T.max(T.min(T.Cast("int32x16", T.round(quad_entries(
-                    xs[T.ramp(0, 1, 16)], c))), T.broadcast(FULL, 16)), T.broadcast(-FULL, 16))
-            lo[i, q, T.ramp(0, 1, 64)] = T.bitwise_xor(_pack(v, 255, 0, False), T.broadcast(T.int8(-128), 64))
-            mid[i, q, T.ramp(0, 1, 64)] = T.bitwise_xor(_pack(v, 255, 8, False), T.broadcast(T.int8(-128), 64))
-            hi[i, q, T.ramp(0, 1, 64)] = _pack(v, -1, 16, True)
-        for obo in T.parallel(obs // blocks):
-            for j in range(LEAD // 64):
-                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(
-                    wf[obo * task_bytes + j * 64]), 0, 3, 1))
+        for iq in T.parallel(m * quads):
+            build_quad(x, pre, inv, lo, mid, hi, iq // quads, iq % quads)
+        for obo in T.parallel(tasks):
+            lead(wf, obo)
             for i in range(m):
-                acc = T.alloc_buffer((blocks, 3, 16), "int32")
-                # one accumulator set per nibble (even and odd quads): consecutive dot-products do not wait
-                part = T.alloc_buffer((2, 3, 16), "int32")
-                for obi, c in T.grid(blocks, 3):
-                    acc[obi, c, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
-                for kt, obi in T.grid(quads // tile, blocks):
-                    for s, c in T.grid(2, 3):
-                        part[s, c, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
-                    for pl, qp in T.grid(planes, tile // 2):
-                        b = T.bind(w.vload([obo, kt, obi, pl, qp, 0], "uint8x64"))
-                        T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(wf[
-                            (((obo * (quads // tile) + kt) * blocks + obi) * planes + pl) * (tile // 2) * 64
-                            + qp * 64 + PREFETCH]), 0, 3, 1))
-                        for s in T.unroll(2):  # the low nibbles index quad 2qp, the high ones quad 2qp + 1
-                            q = T.bind(kt * tile + 2 * qp + s)
-                            # byte lane 4r + j looks up entries 16j .. 16j + 15
-                            idx = T.bind(T.reinterpret("int8x64", ((b >> T.broadcast(T.uint8(4 * s), 64)) & T.broadcast(
-                                T.uint8(15), 64)) | T.Cast("uint8x64", (T.ramp(0, 1, 64) % 4) * 16)))
-                            ones = T.bind(T.broadcast(T.int8(1), 64))
-                            part[s, 0, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", DOT, part[
-                                s, 0, T.ramp(0, 1, 16)], ones, T.call_llvm_pure_intrin(
-                                "int8x64", PERMUTE, lo.vload([i, q, 0], "int8x64"), idx))
-                            part[s, 1, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", DOT, part[
-                                s, 1, T.ramp(0, 1, 16)], ones, T.call_llvm_pure_intrin(
-                                "int8x64", PERMUTE, mid.vload([i, q, 0], "int8x64"), idx))
-                            part[s, 2, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", DOT, part[
-                                s, 2, T.ramp(0, 1, 16)], ones, T.call_llvm_pure_intrin(
-                                "int8x64", PERMUTE, hi.vload([i, q, 0], "int8x64"), idx))
-                    for s, c in T.grid(2, 3):
-                        acc[obi, c, T.ramp(0, 1, 16)] = acc[obi, c, T.ramp(0, 1, 16)] + part[s, c, T.ramp(0, 1, 16)]
-                for obi in range(blocks):
-                    col = T.bind((obo * blocks + obi) * 16)
-                    # low and middle bytes recombine exactly in int32, the high byte joins in fp32
-                    y[i, T.ramp(col, 1, 16)] = epilogue(T.Cast("float32x16", acc[obi, 0, T.ramp(0, 1, 16)] + acc[
-                        obi, 1, T.ramp(0, 1, 16)] * T.broadcast(256, 16) + T.broadcast(bias, 16)) + T.Cast(
-                        "float32x16", acc[obi, 2, T.ramp(0, 1, 16)]) * T.broadcast(T.float32(65536), 16),
-                        scale[i] / T.float32(FULL * planes), post, add, i, col, 16, fused)
+                accumulate(w, wf, lo, mid, hi, scale, post, add, y, obo, i)
 
+    kernel = decode if m == 1 else prefill
     used = [True, True, fused.pre, fused.post, fused.add, True]
     params = [p for p, keep in zip(kernel.params, used, strict=True) if keep]
     func = tirx.PrimFunc(params, kernel.body, kernel.ret_type, kernel.attrs)
