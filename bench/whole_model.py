@@ -206,6 +206,8 @@ def main() -> None:
         files = llamacpp.gguf_files(zoo_dir(args.model) / "base", args.model, binaries)
         llama = {k: files[k] for k in args.gguf.split(",")}
     prefill_tokens = next((f["tokens"] for f, _ in jobs if f["phase"] == "prefill"), 16)
+    # llama.cpp decodes over the KV cache the builds were exported with (the past keys: [layers, 1, heads, past, d])
+    context = next((j.inputs[1].shape[3] for f, j in jobs if f["phase"] == "decode"), 128)
     timed: list[list[list[float]]] = [[[], []] for _ in jobs]  # per job: hwsim's and onnxruntime's round medians
     llama_rounds: dict[tuple[str, str], list[float]] = {}
     # llama-bench's samples per process: as many per round as a build's round has at least, and 20 (a build's
@@ -224,7 +226,7 @@ def main() -> None:
                 timed[i][1] += [float(np.median(x)) for x in r.onnxruntime]
             progress.advance(task, len(jobs))
             for kind, (path, _) in llama.items():
-                ms = llamacpp.bench(binaries, path, t, prefill_tokens, 128, reps)
+                ms = llamacpp.bench(binaries, path, t, prefill_tokens, context, reps)
                 for phase, samples in ms.items():
                     llama_rounds.setdefault((kind, phase), []).extend(_rounds(samples, args.rounds))
                 progress.advance(task)
