@@ -36,10 +36,14 @@ SPREAD = "llvm.x86.avx512.permvar.sf.512"
 # Software prefetch of the weight stream: a decode step's layers are small (28-221 KB on SmolLM2) and come from
 # DRAM, too short for the hardware prefetcher to ramp up. A decode thread requests its first LEAD bytes before
 # it builds its tables (a prefill task before its first load), then every 64-byte load requests the line
-# PREFETCH bytes ahead (1x1536x576 trits from DRAM: 13.7 vs 15.6 us, 576x1536 20.6 vs 22.9; 4096 bytes ahead
-# gained less; znver4, 2 threads). Prefetches never fault, so the ones past the end of the weights are harmless.
+# PREFETCH bytes ahead into L1 (1x1536x576 trits from DRAM: 13.7 vs 15.6 us, 576x1536 20.6 vs 22.9; 4096 bytes
+# ahead gained less) and the line FAR bytes ahead into L2, which keeps more lines in flight than L1's miss
+# buffers allow (cold, alternated with the L1 prefetch alone: 1x4096x4096 signs 74-78 vs 87-99 us, 1x3072x576
+# trits 17.0-17.3 vs 19.5, 1x576x576 5.1-6.1 vs 5.7-6.7; znver4, 2 threads). Prefetches never fault, so the
+# ones past the end of the weights are harmless.
 PREFETCH = 2048
-LEAD = 2048
+FAR = 6144
+LEAD = 4096
 
 
 def quad_entries(xs: tirx.Expr, c: tirx.Expr) -> tirx.Expr:
@@ -107,7 +111,8 @@ def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused
     One row (decode) runs as one parallel region of `threads` iterations, each building its own copy of the
     tables and then streaming its share of the weights: a table built by one core and read by the other costs
     a cross-core transfer for every line the next call rewrites (a serial build of K=1536's 18 KiB of tables
-    stalled 5 us a call on its stores, znver4), and the weights' first lines arrive while the tables are built.
+    stalled about 5 us a call on its stores, znver4), and the weights' first lines arrive while the tables are
+    built.
     Several rows (prefill) build the tables in one parallel loop and split the row blocks in a second."""
     if not vnni_fits(n, k, planes):
         raise ValueError(f"VNNI LUT kernel needs N % {ROWS} == 0, K % {2 * QUAD} == 0 and planes x K/4 < 2**15, "
@@ -120,7 +125,7 @@ def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused
     # inside int32 for fewer than 2**15 lookups per row (vnni_fits)
     bias = 128 * 257 * planes * groups
     task_bytes = blocks * planes * quads * 32
-    flat = obs * planes * quads * 32 + max(PREFETCH, LEAD)  # w, flat, for prefetches (which may pass its end)
+    flat = obs * planes * quads * 32 + max(PREFETCH, FAR, LEAD)  # w, flat, for prefetches (which may pass its end)
 
     @T.macro
     def build_quad(x: T.Buffer, pre: T.Buffer, inv: T.Buffer, lo: T.Buffer, mid: T.Buffer, hi: T.Buffer,
@@ -160,9 +165,9 @@ def vnni_kernel(m: int, n: int, k: int, name: str, planes: int = 1, fused: Fused
                 part[s, c, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
             for pl, qp in T.grid(planes, tile // 2):
                 b = T.bind(w.vload([obo, kt, obi, pl, qp, 0], "uint8x64"))
-                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(wf[
-                    (((obo * (quads // tile) + kt) * blocks + obi) * planes + pl) * (tile // 2) * 64
-                    + qp * 64 + PREFETCH]), 0, 3, 1))
+                at = T.bind((((obo * (quads // tile) + kt) * blocks + obi) * planes + pl) * (tile // 2) * 64 + qp * 64)
+                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(wf[at + PREFETCH]), 0, 3, 1))
+                T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(wf[at + FAR]), 0, 2, 1))
                 for s in T.unroll(2):  # the low nibbles index quad 2qp, the high ones quad 2qp + 1
                     q = T.bind(kt * tile + 2 * qp + s)
                     # byte lane 4r + j looks up entries 16j .. 16j + 15
