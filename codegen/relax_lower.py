@@ -189,7 +189,7 @@ def _panel_weights(n: Node, target: tvm.target.Target | None) -> tuple[np.ndarra
 def _dense_matmul(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x: relax.Expr, n: Node,
                   w: np.ndarray, target: tvm.target.Target) -> relax.Expr:
     """MATMUL by constant weights through the prepacked dense kernel, the weights re-laid out at build time."""
-    from codegen.kernels.dense import dense_kernel, panel_cols, panel_layout
+    from codegen.kernels.dense import dense_kernel, dense_shape, panel_cols, panel_layout
 
     v = n.inputs[0]
     (k, outs), xt, wt = w.shape, v.type.dtype.value, str(w.dtype)
@@ -199,8 +199,9 @@ def _dense_matmul(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x
         kernels[name] = bb.add_func(dense_kernel(rows, k, outs, xt, wt, name, target), name)
     h = _reshape(x, v.type.shape, [rows, k])
     packed = relax.const(panel_layout(w, panel_cols(rows, outs, target)))
-    y = relax.call_tir(kernels[name], [h, packed], relax.TensorType((rows, outs), xt))
-    return _reshape(y, (rows, outs), list(n.outputs[0].type.shape))
+    shape = list(dense_shape(rows, k, outs, target))  # [rows, outs], or a one-row GEMV's [t, s, q, c]
+    y = relax.call_tir(kernels[name], [h, packed], relax.TensorType(shape, xt))
+    return _reshape(y, shape, list(n.outputs[0].type.shape))
 
 
 def _is_two(v: Value) -> bool:

@@ -325,6 +325,33 @@ def test_matmul_by_a_runtime_operand_keeps_the_gemm_schedule() -> None:
     assert not any(gv.name_hint.startswith("dense_") for gv in to_relax(graph, HOST).functions)
 
 
+def test_a_one_row_gemv_streams_several_panels_per_thread() -> None:
+    """Decode: each thread reads 4, 3 or 2 of its panels at once where they divide its share (one stream per
+    thread is latency-bound), their fp32 accumulators under TVM's 1 KiB stack limit; prefill rows, and shares
+    that none divides, keep the register-tiled GEMM. The kernel's output is then [t, s, q, c], read as [1, N]."""
+    from codegen.kernels.dense import dense_kernel, dense_shape, gemv_regions, panel_cols, panel_layout
+
+    assert gemv_regions(1, 768, 32, 2) == 4
+    assert gemv_regions(1, 768, 64, 2) == 3  # 4 x 64 accumulators are 1 KiB: a workspace call per step
+    assert gemv_regions(1, 18, 32, 2) == 3 and gemv_regions(1, 9, 32, 2) == 1
+    assert gemv_regions(16, 768, 32, 2) == 1
+    with pytest.raises(ValueError, match="3 panels"):
+        dense_kernel(1, 64, 96, "float32", "float32", "k", HOST, regions=2)
+    assert dense_shape(16, 64, 96, HOST) == (16, 96)
+    rng = np.random.default_rng(3)
+    k, n = 64, 32 * 24
+    w, x = rng.standard_normal((k, n)).astype(np.float32), rng.standard_normal((1, k)).astype(np.float32)
+    for regions in (2, 3, 4):
+        func = dense_kernel(1, k, n, "float32", "float32", "k", HOST, regions=regions)
+        shape = [int(d) for d in func.params[-1].shape]
+        assert tuple(shape) == dense_shape(1, k, n, HOST, regions) and shape[1] == regions and np.prod(shape) == n
+        lib = tvm.tirx.build(tvm.IRModule({"k": func}), target=HOST)
+        packed = panel_layout(w, panel_cols(1, n, HOST))
+        args = [tvm.runtime.tensor(a) for a in (x, packed, np.zeros(shape, np.float32))]
+        lib["k"](*args)
+        np.testing.assert_allclose(args[-1].numpy().reshape(1, n), x @ w, rtol=1e-5, atol=1e-5)
+
+
 def test_roofline_reads_an_fp16_base_weight_at_its_stored_size_on_cpus() -> None:
     """The CPU's dense kernel reads an fp16 weight cast up to fp32 as fp16 (2 bytes); a GPU build reads the
     folded fp32 constant (4)."""

@@ -5,7 +5,8 @@
   shuffle width and at least LUT_MIN_ROWS, K a multiple of 8. Signs, and trits as two sign planes. On x86 CPUs
   with AVX-512 VBMI and VNNI (Ice Lake, Zen 4 and later) the same tables run four groups to a 64-entry
   `vpermb` and sum by `vpdpbusd` (codegen/kernels/lut_vnni.py: N % 16, K % 32): 1.7x the AVX2 kernel's
-  speed on a 1x4096x4096 sign GEMV (62 vs 107 us, znver4, 2 threads), 2x on SmolLM2's 576x576 ternary.
+  speed on a 1x4096x4096 sign GEMV (62 vs 107 us, znver4, 2 threads), 2x on SmolLM2's 576x576 ternary, both
+  measured before the AVX2 kernel widened its lookups by multiply-add (lut.py), which halved its time on znver3.
 - `unpack` (codegen/kernels/unpack.py): a blocked fp32 GEMM decoding +-1/0 weight panels on the fly, for
   prefill (many rows), where the decode amortises over the rows and the FMA units run at full rate.
 - `words` / `decode` (codegen/kernels/gpu.py): on CUDA targets, a warp-per-row GEMV over 32-bit words of
@@ -16,9 +17,10 @@
 Every kernel is PrimFunc(x [m, k] f32, w, [pre [k] f32], [post [n] f32], [add [m, n] f32], y [m, n] f32) with
 the accumulate op's scales and addend fused (`Fused` says which are present): y = post * (W (pre * x)) + add.
 
-Measured on znver3, 2 threads (ms): 1x4096x4096 sign LUT 0.23, select 1.1, unpack 3.2; 16x4096x4096 sign
-LUT 3.1, unpack 7.1; 128x4096x4096 sign LUT 25.5, unpack 35.4; ternary LUT 48.1, unpack 36.7;
-128x16x4096 (LoRDBA's down-projection) unpack 0.37, select 1.1; 128x4096x16 unpack 0.25, LUT 0.31.
+Measured on znver3, 2 threads (ms): 1x4096x4096 sign LUT 0.23 (warm; on a VM whose two threads share one
+core's vector units, 0.48-0.51 before the multiply-add widening and 0.23-0.26 after), select 1.1, unpack
+3.2; 16x4096x4096 sign LUT 3.1, unpack 7.1; 128x4096x4096 sign LUT 25.5, unpack 35.4; ternary LUT 48.1, unpack
+36.7; 128x16x4096 (LoRDBA's down-projection) unpack 0.37, select 1.1; 128x4096x16 unpack 0.25, LUT 0.31.
 """
 
 from collections.abc import Callable

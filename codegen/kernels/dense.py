@@ -14,7 +14,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 from tvm.target import Target
 
-from codegen.schedules.cpu import block_gemm, tile_shape
+from codegen.schedules.cpu import PARALLEL_MIN_MACS, block_gemm, tile_shape
 
 PANEL_DTYPES = ("float32", "float16")
 
@@ -30,9 +30,28 @@ def panel_layout(w: np.ndarray, cols: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(k, n // cols, cols).transpose(1, 0, 2))
 
 
-def dense_kernel(m: int, k: int, n: int, x_dtype: str, w_dtype: str, name: str, target: Target) -> tirx.PrimFunc:
-    """PrimFunc(x [m, K] x_dtype, w [N/cols, K, cols] w_dtype, y [m, N] x_dtype): y = x @ W, fp32 sums."""
+def dense_shape(m: int, k: int, n: int, target: Target, regions: int | None = None) -> tuple[int, ...]:
+    """The dense kernel's output shape: [m, N], or, for a one-row GEMV read in several regions per thread
+    (`gemv_regions`; `regions` overrides it), the same floats as [threads, regions, panels per region, cols],
+    which the caller reshapes (a view)."""
     cols = tile_shape(m, n, target)[1]
+    threads = int(target.attrs.get("num-cores", 1)) if m * n * k >= PARALLEL_MIN_MACS else 1
+    regions = gemv_regions(m, n // cols, cols, threads) if regions is None else regions
+    if regions == 1:
+        return (m, n)
+    if m != 1 or n // cols % (threads * regions):
+        raise ValueError(f"{regions} regions do not divide {n // cols} panels among {threads} threads")
+    return (threads, regions, n // cols // (threads * regions), cols)
+
+
+def dense_kernel(m: int, k: int, n: int, x_dtype: str, w_dtype: str, name: str, target: Target,
+                 regions: int | None = None) -> tirx.PrimFunc:
+    """PrimFunc(x [m, K] x_dtype, w [N/cols, K, cols] w_dtype, y [dense_shape] x_dtype): y = x @ W, fp32 sums."""
+    cols = tile_shape(m, n, target)[1]
+    shape = dense_shape(m, k, n, target, regions)
+    if len(shape) == 4:
+        return _multi_region_gemv(k, n, x_dtype, w_dtype, shape).with_attr("global_symbol", name).with_attr(
+            "tirx.is_scheduled", True).with_attr("op_pattern", 8)
     x = te.placeholder((m, k), x_dtype, name="x")
     w = te.placeholder((n // cols, k, cols), w_dtype, name="w")
     r = te.reduce_axis((0, k), name="r")
@@ -43,3 +62,39 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, w_dtype: str, name: str, 
     block_gemm(sch, sch.get_sblock("acc"), [m, n, k], target, epilogues=(sch.get_sblock("y"),))
     func = sch.mod["main"].with_attr("global_symbol", name)
     return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+
+
+def gemv_regions(m: int, panels: int, cols: int, threads: int) -> int:
+    """Panels each thread streams at once in a one-row GEMV: 4, 3 or 2 where they divide its share and their
+    fp32 accumulators stay under 1 KiB (TVM's limit for a stack buffer), else 1 (the register-tiled GEMM, one
+    stream per thread). One stream per thread is latency-bound: on znver3 (2 threads, cold, fp16 weights)
+    1x576x49152 3.4-3.8 ms with one, 2.3-2.9 with four; 1x1536x576 0.11-0.13 with one, 0.08-0.10 with three."""
+    if m != 1:
+        return 1
+    return next((s for s in (4, 3, 2) if panels % (threads * s) == 0 and s * cols * 4 < 1024), 1)
+
+
+def _multi_region_gemv(k: int, n: int, x_dtype: str, w_dtype: str, shape: tuple[int, ...]) -> tirx.PrimFunc:
+    """One row: thread t's contiguous share of the panels split into `regions` parts, row r of one panel of
+    each part read per step. The output is [t, s, q, c] so that one step's accumulators are one tile."""
+    threads, regions, per, cols = shape
+    x = te.placeholder((1, k), x_dtype, name="x")
+    w = te.placeholder((n // cols, k, cols), w_dtype, name="w")
+    r = te.reduce_axis((0, k), name="r")
+    acc = te.compute(shape, lambda t, s, q, c: te.sum(x[0, r].astype("float32") * w[
+        (t * regions + s) * per + q, r, c].astype("float32"), axis=r), name="acc")
+    y = te.compute(shape, lambda *i: acc[i].astype(x_dtype), name="y")
+    sch = s_tir.Schedule(te.create_prim_func([x, w, y]))
+    block = sch.get_sblock("acc")
+    t, s, q, c, r = sch.get_loops(block)
+    sch.reorder(t, q, r, s, c)
+    writeback = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(writeback, q)
+    sch.reverse_compute_inline(sch.get_sblock("y"))
+    sch.unroll(s)
+    sch.vectorize(c)
+    if threads > 1:
+        sch.parallel(t)
+    sch.decompose_reduction(block, r)
+    sch.vectorize(sch.get_loops(writeback)[-1])
+    return sch.mod["main"]

@@ -9,10 +9,14 @@ Precision: T-MAC's int8 tables lose ~1% (shared/notes/tvm-0.27.md 3b), more than
 int16 tables ~3e-5 per matmul, which 30 layers of a ternary base compound to 1.4e-3. Here each table entry
 is a 24-bit integer (scale 8388607 / max |entry| per row, fp32's own mantissa) split into three bytes,
 looked up separately and recombined per chunk of lookups: three shuffles per group and row vector, a
-relative error near 1e-7, as fp32 summation in another order.
+relative error near 1e-7, as fp32 summation in another order. The lookups are summed in int16 per chunk; x86
+widens them by multiply-add (pmaddubsw, WIDEN), which halved the AVX2 kernel's time where sign extension kept
+the shuffle pipes busy (1x4096x4096 signs, znver3, 2 threads: warm 225-260 vs 475-510 us, cold 300-410 vs
+510-565).
 
 Weights are re-laid out at build time (they are constants): W[ob, gp, r] holds, for row 16/32*ob + r,
-the sign nibbles of groups 2gp (low nibble) and 2gp+1 (high nibble); bit j of a nibble = weight 4g+j.
+the sign nibbles of groups 2gp (low nibble) and 2gp+1 (high nibble); bit j of a nibble = weight 4g+j. (On
+x86, byte lane r reads row r/2 or L/2 + r/2 instead, so that the even and odd lanes widen into rows in order.)
 Ternary weights t are two sign planes a, b with t = (a + b) / 2 (t=1: +,+; t=0: +,-; t=-1: -,-), stacked
 along gp and looked up in the same tables: twice the sign work, no extra table.
 
@@ -28,6 +32,9 @@ from codegen.kernels import UNFUSED, Fused
 
 SHUFFLE = {"avx2": ("llvm.x86.avx2.pshuf.b", 32), "ssse3": ("llvm.x86.ssse3.pshuf.b.128", 16),
            "neon": ("llvm.aarch64.neon.tbl1.v16i8", 16)}
+# x86 widens each lookup to int16 by multiply-add (pmaddubsw by 1, 0: the even byte lanes; by 0, 1: the odd), on
+# the multiply pipes, where sign extension (vpmovsxbw, vextracti128) took three shuffles beside the lookup's one
+WIDEN = {"avx2": "llvm.x86.avx2.pmadd.ub.sw", "ssse3": "llvm.x86.ssse3.pmadd.ub.sw.128"}
 CHUNK = 64  # group pairs per int16 accumulation chunk: 128 lookups of |v| <= 128 stay inside int16
 FULL = 8388607  # 2**23 - 1: a table entry's integer range, three bytes
 TILE_PAIRS = 256  # group pairs per K tile: its lo/hi tables (2 x 512 x L bytes, 32 KiB for AVX2) stay in L1
@@ -92,12 +99,19 @@ def lut_layout(weights: np.ndarray, isa: str, planes: int) -> np.ndarray:
     """Signs (planes=1) or trits (planes=2) [n, k] -> the kernel's [n/L, planes * k/8, L] nibble layout."""
     lanes = SHUFFLE[isa][1]
     n, k = weights.shape
+    if isa in WIDEN:  # byte lane 2j holds row j of the block, 2j+1 row L/2 + j: the widened halves come out in order
+        weights = weights.reshape(n // lanes, lanes, k)[:, _interleave(lanes)].reshape(n, k)
     bit_planes = [weights > 0] if planes == 1 else [weights >= 0, weights > 0]
     out = []
     for plane in bit_planes:  # a byte = 8 consecutive weights = groups 2gp (low 4 bits) and 2gp+1 (high 4 bits)
         packed = np.packbits(plane.reshape(n, k // 8, 8), axis=-1, bitorder="little")[..., 0]
         out.append(packed.reshape(n // lanes, lanes, k // 8).transpose(0, 2, 1))
     return np.ascontiguousarray(np.concatenate(out, axis=1))
+
+
+def _interleave(lanes: int) -> np.ndarray:
+    """Row of the block read by each byte lane where lookups are widened even/odd (WIDEN)."""
+    return np.arange(lanes).reshape(2, lanes // 2).T.reshape(-1)
 
 
 def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fused: Fused = UNFUSED) -> tirx.PrimFunc:
@@ -111,6 +125,17 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
     chunk = next(c for c in range(min(CHUNK, tile), 0, -1) if tile % c == 0)
     blocks = next(b for b in (BLOCKS, 8, 4, 2, 1) if (n // lanes) % b == 0 and (n // lanes // b >= MIN_TASKS or b == 1))
     u8, i8, i16, i32, f32 = (f"{t}x{lanes}" for t in ("uint8", "int8", "int16", "int32", "float32"))
+    widened, half, h16 = isa in WIDEN, lanes // 2, f"int16x{lanes // 2}"
+
+    @T.macro
+    def widen_add(acc16: T.Buffer, a: T.int8, b: T.int8) -> None:
+        """acc16 += lookups a and b as int16: even byte lanes into the first half, odd into the second."""
+        even = T.Cast(u8, (T.ramp(0, 1, lanes) + 1) & 1)  # 1, 0, 1, 0, ...: the multiply-add keeps even lanes
+        odd = T.Cast(u8, T.ramp(0, 1, lanes) & 1)
+        acc16[T.ramp(0, 1, half)] = acc16[T.ramp(0, 1, half)] + (
+            T.call_llvm_pure_intrin(h16, WIDEN[isa], even, a) + T.call_llvm_pure_intrin(h16, WIDEN[isa], even, b))
+        acc16[T.ramp(half, 1, half)] = acc16[T.ramp(half, 1, half)] + (
+            T.call_llvm_pure_intrin(h16, WIDEN[isa], odd, a) + T.call_llvm_pure_intrin(h16, WIDEN[isa], odd, b))
 
     @T.prim_func
     def kernel(x: T.Buffer((m, k), "float32"), w: T.Buffer((n // lanes, planes * pairs, lanes), "uint8"),
@@ -159,9 +184,14 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
                         mb = T.bind(T.call_llvm_pure_intrin(i8, intrin, mid.vload([i, 2 * gp + 1, 0], i8), ib))
                         ha = T.bind(T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp, 0], i8), ia))
                         hb = T.bind(T.call_llvm_pure_intrin(i8, intrin, hi.vload([i, 2 * gp + 1, 0], i8), ib))
-                        lo16[T.ramp(0, 1, lanes)] = lo16[T.ramp(0, 1, lanes)] + T.Cast(i16, la) + T.Cast(i16, lb)
-                        mid16[T.ramp(0, 1, lanes)] = mid16[T.ramp(0, 1, lanes)] + T.Cast(i16, ma) + T.Cast(i16, mb)
-                        hi16[T.ramp(0, 1, lanes)] = hi16[T.ramp(0, 1, lanes)] + T.Cast(i16, ha) + T.Cast(i16, hb)
+                        if widened:
+                            widen_add(lo16, la, lb)
+                            widen_add(mid16, ma, mb)
+                            widen_add(hi16, ha, hb)
+                        else:
+                            lo16[T.ramp(0, 1, lanes)] = lo16[T.ramp(0, 1, lanes)] + T.Cast(i16, la) + T.Cast(i16, lb)
+                            mid16[T.ramp(0, 1, lanes)] = mid16[T.ramp(0, 1, lanes)] + T.Cast(i16, ma) + T.Cast(i16, mb)
+                            hi16[T.ramp(0, 1, lanes)] = hi16[T.ramp(0, 1, lanes)] + T.Cast(i16, ha) + T.Cast(i16, hb)
                     # the chunk's exact integer sum (|sum| < 2**30), the -128 biases of its 2 * chunk lookups
                     # undone, then accumulated in fp32
                     acc[obi, T.ramp(0, 1, lanes)] = acc[obi, T.ramp(0, 1, lanes)] + T.Cast(f32, (
