@@ -6,8 +6,10 @@ N floats apart: one short burst per 16 KiB stride (N=4096), which the hardware p
 (16.7 GB/s at one row, cold, on znver4: 49% of DRAM bandwidth), and which the GEMM schedule otherwise packs
 at run time, on every call. Laid out at build time as panels [N/cols, K, cols], each thread streams whole
 panels front to back: at one row (decode) 32.7 GB/s fp32 cold on the same machine, where onnxruntime's fp32
-MatMul reads 33 GB/s. fp16 weights (an fp16 base) stay fp16 in memory and are widened in registers, so a
-GEMV reads half the bytes; accumulation is fp32 whatever the types, as the interpreter defines it.
+MatMul reads 33 GB/s. At one row each thread reads several of its panels at once where their count allows
+(`gemv_regions`): one stream per thread is bound by memory latency, not bandwidth. fp16 weights (an fp16
+base) stay fp16 in memory and are widened in registers, so a GEMV reads half the bytes; accumulation is fp32
+whatever the types, as the interpreter defines it.
 """
 
 import numpy as np
