@@ -18,7 +18,7 @@ Every kernel is PrimFunc(x [m, k] f32, w, [pre [k] f32], [post [n] f32], [add [m
 the accumulate op's scales and addend fused (`Fused` says which are present): y = post * (W (pre * x)) + add.
 
 Measured on znver3, 2 threads (ms): 1x4096x4096 sign LUT 0.23 (warm; on a VM whose two threads share one
-core's vector units, 0.48-0.51 before the multiply-add widening and 0.23-0.26 after), select 1.1, unpack
+core's vector units, 0.47-0.51 before the multiply-add widening and 0.24-0.26 after), select 1.1, unpack
 3.2; 16x4096x4096 sign LUT 3.1, unpack 7.1; 128x4096x4096 sign LUT 25.5, unpack 35.4; ternary LUT 48.1, unpack
 36.7; 128x16x4096 (LoRDBA's down-projection) unpack 0.37, select 1.1; 128x4096x16 unpack 0.25, LUT 0.31.
 """

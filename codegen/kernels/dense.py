@@ -19,6 +19,7 @@ from tvm.target import Target
 from codegen.schedules.cpu import PARALLEL_MIN_MACS, block_gemm, tile_shape
 
 PANEL_DTYPES = ("float32", "float16")
+STACK_BYTES = 1024  # TVM's CPU lowering allocates buffers below this on the stack, larger ones as workspace calls
 
 
 def panel_cols(m: int, n: int, target: Target) -> int | None:
@@ -49,11 +50,17 @@ def dense_shape(m: int, k: int, n: int, target: Target, regions: int | None = No
 def dense_kernel(m: int, k: int, n: int, x_dtype: str, w_dtype: str, name: str, target: Target,
                  regions: int | None = None) -> tirx.PrimFunc:
     """PrimFunc(x [m, K] x_dtype, w [N/cols, K, cols] w_dtype, y [dense_shape] x_dtype): y = x @ W, fp32 sums."""
-    cols = tile_shape(m, n, target)[1]
     shape = dense_shape(m, k, n, target, regions)
     if len(shape) == 4:
-        return _multi_region_gemv(k, n, x_dtype, w_dtype, shape).with_attr("global_symbol", name).with_attr(
-            "tirx.is_scheduled", True).with_attr("op_pattern", 8)
+        func = _multi_region_gemv(k, n, x_dtype, w_dtype, shape)
+    else:
+        func = _gemm(m, k, n, x_dtype, w_dtype, target)
+    return func.with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+
+
+def _gemm(m: int, k: int, n: int, x_dtype: str, w_dtype: str, target: Target) -> tirx.PrimFunc:
+    """Any rows: the register-tiled GEMM (codegen/schedules/cpu.py), its epilogue cast inlined."""
+    cols = tile_shape(m, n, target)[1]
     x = te.placeholder((m, k), x_dtype, name="x")
     w = te.placeholder((n // cols, k, cols), w_dtype, name="w")
     r = te.reduce_axis((0, k), name="r")
@@ -62,18 +69,17 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, w_dtype: str, name: str, 
     y = te.compute((m, n), lambda i, j: acc[i, j].astype(x_dtype), name="y")
     sch = s_tir.Schedule(te.create_prim_func([x, w, y]))
     block_gemm(sch, sch.get_sblock("acc"), [m, n, k], target, epilogues=(sch.get_sblock("y"),))
-    func = sch.mod["main"].with_attr("global_symbol", name)
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+    return sch.mod["main"]
 
 
 def gemv_regions(m: int, panels: int, cols: int, threads: int) -> int:
     """Panels each thread streams at once in a one-row GEMV: 4, 3 or 2 where they divide its share and their
-    fp32 accumulators stay under 1 KiB (TVM's limit for a stack buffer), else 1 (the register-tiled GEMM, one
-    stream per thread). One stream per thread is latency-bound: on znver3 (2 threads, cold, fp16 weights)
-    1x576x49152 3.4-3.8 ms with one, 2.3-2.9 with four; 1x1536x576 0.11-0.13 with one, 0.08-0.10 with three."""
+    fp32 accumulators stay under STACK_BYTES, else 1 (the register-tiled GEMM, one stream per thread). One
+    stream per thread is latency-bound: on znver3 (2 threads, cold, fp16 weights) 1x576x49152 3.4-3.8 ms with
+    one, 2.3-3.0 with four; 1x1536x576 0.11-0.13 with one, 0.08-0.10 with three."""
     if m != 1:
         return 1
-    return next((s for s in (4, 3, 2) if panels % (threads * s) == 0 and s * cols * 4 < 1024), 1)
+    return next((s for s in (4, 3, 2) if panels % (threads * s) == 0 and s * cols * 4 < STACK_BYTES), 1)
 
 
 def _multi_region_gemv(k: int, n: int, x_dtype: str, w_dtype: str, shape: tuple[int, ...]) -> tirx.PrimFunc:

@@ -11,8 +11,8 @@ is a 24-bit integer (scale 8388607 / max |entry| per row, fp32's own mantissa) s
 looked up separately and recombined per chunk of lookups: three shuffles per group and row vector, a
 relative error near 1e-7, as fp32 summation in another order. The lookups are summed in int16 per chunk; x86
 widens them by multiply-add (pmaddubsw, WIDEN), which halved the AVX2 kernel's time where sign extension kept
-the shuffle pipes busy (1x4096x4096 signs, znver3, 2 threads: warm 225-260 vs 475-510 us, cold 300-410 vs
-510-565).
+the shuffle pipes busy (1x4096x4096 signs, znver3, 2 threads: warm 235-262 vs 473-512 us, cold 318-411 vs
+512-563).
 
 Weights are re-laid out at build time (they are constants): W[ob, gp, r] holds, for row 16/32*ob + r,
 the sign nibbles of groups 2gp (low nibble) and 2gp+1 (high nibble); bit j of a nibble = weight 4g+j. (On
