@@ -85,6 +85,19 @@ def test_vnni_layout_puts_row_and_group_in_byte_lanes() -> None:
     assert out.ravel()[22] == 4 << 4
 
 
+def test_paired_trit_layout_puts_both_planes_of_a_row_in_adjacent_lanes() -> None:
+    """AVX2 trits: byte lanes 2j, 2j+1 of block ob hold row 16 ob + j's planes a (t >= 0) and b (t > 0)."""
+    w = np.zeros((32, 8), np.int64)
+    w[17, 5], w[3, 2] = 1, -1
+    out = lut_layout(w, "avx2", 2)
+    assert out.shape == (2, 1, 32)
+    want = np.zeros((2, 32), np.uint8)
+    want[:, 0::2] = 0xFF  # zeros: plane a set, plane b clear
+    want[1, 2:4] = 0xFF, 1 << 5  # row 17 = block 1, j = 1: weight 5 is +1
+    want[0, 6] = 0xFF & ~(1 << 2)  # row 3 = block 0, j = 3: weight 2 is -1
+    np.testing.assert_array_equal(out[:, 0], want)
+
+
 def test_lut_kernel_is_exact_on_zero_input() -> None:
     w = weights(1, 32, 64)
     got = run_kernel(lut_kernel(1, 32, 64, "k", "avx2"), np.zeros((1, 64), np.float32), lut_layout(w, "avx2", 1), 32)

@@ -46,8 +46,8 @@ def tile_shape(m: int, n: int, target: Target) -> tuple[int, int]:
     """(rows, columns) of the register tile for an m x n output: the most accumulators the registers hold,
     in 1, 2 or 4 vectors (LLVM splits a 3-vector row badly: 10 GFLOP/s). With AVX-512 and 16 prefill rows,
     16 x 1 vector: 16 multiply-adds per weight vector loaded (and widened, for fp16 weights), where 2 x 4 did
-    8 per 4 (znver4, 2 threads, 16x576x1536 with fp16 weights: 227 GFLOP/s, 8 x 2 184, 2 x 4 165). One row
-    (decode) keeps 4 vectors: a GEMV streams weights, 4 panels' worth at once."""
+    8 per 4 (znver4, 2 threads, 16x576x1536 with fp16 weights: 227 GFLOP/s, 8 x 2 184, 2 x 4 165); with AVX2,
+    4 x 2 vectors. One row (decode) keeps 4 vectors: a GEMV streams weights, 4 panels' worth at once."""
     accumulators, lanes = register_tile(target)
 
     def rows(vectors: int) -> int:
@@ -56,9 +56,12 @@ def tile_shape(m: int, n: int, target: Target) -> tuple[int, int]:
     fits = [v for v in (4, 2, 1) if n % (v * lanes) == 0]
     if not fits:  # narrower than a vector: 4 columns (or 1), one vector of accumulators
         return rows(1), _divisor(n, (4,)) or 1
-    # AVX-512 ties go to more rows (fewer weight vectors loaded and widened per multiply-add); elsewhere to
-    # wider rows of vectors (fewer broadcasts), as measured before AVX-512 had its own tile
-    vectors = max(fits, key=lambda v: (rows(v) * v, rows(v) if lanes == 16 else v))
+    # Ties: AVX-512 to more rows (fewer weight vectors loaded and widened per multiply-add); AVX2 to two
+    # vectors (16 rows: 4 x 16 over 2 x 32 on znver3, 2 threads, by 2-12% with fp16 weights and 0-9% with fp32,
+    # 16x576x49152 fp16 11.9 vs 13.5 ms; 8 x 8 ran at half speed, a broadcast per multiply-add); NEON to wider
+    # rows of vectors (fewer broadcasts), as measured before either had its own tile
+    preference = {16: lambda v: rows(v), 8: lambda v: v == 2}.get(lanes, lambda v: v)
+    vectors = max(fits, key=lambda v: (rows(v) * v, preference(v)))
     return rows(vectors), vectors * lanes
 
 
