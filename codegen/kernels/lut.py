@@ -154,9 +154,7 @@ def lut_kernel(m: int, n: int, k: int, name: str, isa: str, planes: int = 1, fus
     if paired(isa, planes):
         return _paired_kernel(m, n, k, name, isa, fused)
     groups, pairs = k // 4, k // 8
-    tile = next(t for t in range(min(TILE_PAIRS, pairs), 0, -1) if pairs % t == 0)
-    chunk = next(c for c in range(min(CHUNK, tile), 0, -1) if tile % c == 0)
-    blocks = next(b for b in (BLOCKS, 8, 4, 2, 1) if (n // lanes) % b == 0 and (n // lanes // b >= MIN_TASKS or b == 1))
+    tile, chunk, blocks = _split(n // lanes, pairs, CHUNK)
     u8, i8, i16, i32, f32 = (f"{t}x{lanes}" for t in ("uint8", "int8", "int16", "int32", "float32"))
     widened, half, h16 = isa in WIDEN, lanes // 2, f"int16x{lanes // 2}"
 
@@ -236,10 +234,8 @@ def _paired_kernel(m: int, n: int, k: int, name: str, isa: str, fused: Fused) ->
     intrin, lanes = SHUFFLE[isa]
     rows = lanes // 2
     groups, pairs = k // 4, k // 8
-    tile = next(t for t in range(min(TILE_PAIRS, pairs), 0, -1) if pairs % t == 0)
     # four lookups of |entry| < 2**23 per group pair: 32 pairs keep a chunk's exact sum inside int32
-    chunk = next(c for c in range(min(CHUNK // 2, tile), 0, -1) if tile % c == 0)
-    blocks = next(b for b in (BLOCKS, 8, 4, 2, 1) if (n // rows) % b == 0 and (n // rows // b >= MIN_TASKS or b == 1))
+    tile, chunk, blocks = _split(n // rows, pairs, CHUNK // 2)
     u8, i8, h16, r32 = f"uint8x{lanes}", f"int8x{lanes}", f"int16x{rows}", f"int32x{rows}"
 
     @T.macro
@@ -296,6 +292,15 @@ def _paired_kernel(m: int, n: int, k: int, name: str, isa: str, fused: Fused) ->
                         FULL * 2), post, add, i, col, rows, fused)
 
     return _drop_unused(kernel, fused).with_attr("global_symbol", name).with_attr("tirx.is_scheduled", True)
+
+
+def _split(row_blocks: int, pairs: int, max_chunk: int) -> tuple[int, int, int]:
+    """(group pairs per K tile, per int16 chunk, row blocks per parallel task): the largest that divide,
+    keeping MIN_TASKS tasks where the row blocks allow."""
+    tile = next(t for t in range(min(TILE_PAIRS, pairs), 0, -1) if pairs % t == 0)
+    chunk = next(c for c in range(min(max_chunk, tile), 0, -1) if tile % c == 0)
+    blocks = next(b for b in (BLOCKS, 8, 4, 2, 1) if row_blocks % b == 0 and (row_blocks // b >= MIN_TASKS or b == 1))
+    return tile, chunk, blocks
 
 
 def _drop_unused(func: tirx.PrimFunc, fused: Fused) -> tirx.PrimFunc:
