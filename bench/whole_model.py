@@ -24,7 +24,8 @@ source; the zoo model's base as GGUF F32, F16, Q4_0, TQ2_0 and TQ1_0; timed by i
 alone since llama-bench loads no adapter).
 
     .venv/bin/python bench/whole_model.py [--model smollm2-135m] [--threads 2] [--passes 6] [--rounds 3]
-        [--variants lora-fp16+fp32,lora-fp16+fp16,lordba+ternary] [--llama-cpp] [--gguf F16,TQ2_0]
+        [--variants lora-fp16+fp32,lora-fp16+fp16,lordba+ternary,lordba+ternary+q8_0] [--llama-cpp]
+        [--gguf F16,TQ2_0]
         [--out bench/results/whole_model.json]
 """
 
@@ -54,7 +55,7 @@ def _bytes_read(graph, fold_casts: bool) -> int:
 
     read: dict[int, int] = {}
     for n in graph.nodes:
-        if n.op is Op.MATMUL or n.op in OpGroup.ACCUMULATE:
+        if n.op in (Op.MATMUL, Op.Q8_MATMUL) or n.op in OpGroup.ACCUMULATE:
             for v in n.inputs[1:]:
                 if (s := weight_source(v)) is not None:
                     read[id(s.const)] = v.type.nbytes if fold_casts and s.widened else s.const.type.nbytes
@@ -66,7 +67,8 @@ def formatted_base(model: str, variant: dict):
     from models.variants import apply_formats, load_adapter_for, load_base
 
     base = load_base(model)
-    apply_formats(base, load_adapter_for(base, None), variant["adapter_format"], variant["base_format"])
+    apply_formats(base, load_adapter_for(base, None), variant["adapter_format"], variant["base_format"],
+                  head_format=variant.get("head_format") or "fp16")
     return base
 
 
@@ -137,8 +139,9 @@ def _rounds(samples: list[float], rounds: int) -> list[float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--variants", default="lora-fp16+fp32,lora-fp16+fp16,lordba+ternary",
-                   help="ADAPTER_FORMAT+BASE_FORMAT, comma-separated")
+    p.add_argument("--variants", default="lora-fp16+fp32,lora-fp16+fp16,lordba+ternary,lordba+ternary+q8_0",
+                   help="ADAPTER_FORMAT+BASE_FORMAT[+HEAD_FORMAT] (the LM head: fp16 by default, or q8_0), "
+                        "comma-separated")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--passes", type=int, default=6, help="fresh processes per build (and llama-bench runs per type)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per process; each figure is the quietest round's")
@@ -170,16 +173,19 @@ def main() -> None:
     from hwsim.api import cpu_name
     from hwsim.matrix import compile_matrix
 
-    pairs = [tuple(v.split("+")) for v in args.variants.split(",")]
+    pairs = [(*v.split("+"), "fp16")[:3] for v in args.variants.split(",")]
+    if bad := [v for v, q in zip(args.variants.split(","), pairs, strict=True) if len(v.split("+")) not in (2, 3)]:
+        p.error(f"--variants: {bad[0]} is not ADAPTER_FORMAT+BASE_FORMAT[+HEAD_FORMAT]")
     bandwidth = [dram_read_gbs(t)]
     print(f"DRAM read bandwidth, measured (streaming read): {bandwidth[0]:.1f} GB/s ({t} threads)")
     rows: list[dict] = []
     jobs: list[tuple[dict, hosttiming.Job]] = []  # (the row's fields, the build to time)
-    for fmt, base in pairs:
-        print(f"building {args.model} {fmt} on a {base} base for the host (cached after the first run)")
+    for fmt, base, head in pairs:
+        print(f"building {args.model} {fmt} on a {base} base ({head} head) for the host (cached after the first run)")
         res = compile_matrix(args.model, formats=[fmt], base_formats=[base], targets=["host"], train_steps=0,
-                             out=Path("build/bench-models") / args.model, overhead=False)
-        variant = next(v for v in res.matrix["variants"] if v["adapter_format"] == fmt and v["base_format"] == base)
+                             out=Path("build/bench-models") / args.model, overhead=False, head_format=head)
+        variant = next(v for v in res.matrix["variants"] if v["adapter_format"] == fmt and v["base_format"] == base
+                       and (v.get("head_format") or "fp16") == head)  # None: an fp32 base keeps its own head
         torch_model = formatted_base(args.model, variant)
         for phase in variant["exports"]:
             job = next(j for j in res.matrix["jobs"] if j["variant"] == variant["id"] and j["phase"] == phase)

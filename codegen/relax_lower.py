@@ -124,6 +124,55 @@ def _accumulate(bits: int) -> Lowering:
     return lower
 
 
+def _quantize_blocks(x: relax.Expr, v: Value, rows: int, k: int) -> tuple[relax.Expr, relax.Expr]:
+    """x [..., K] -> (round(x / d) [rows, K/32, 32] fp32, d [rows, K/32, 1]): hwsim.interp.quantize_blocks."""
+    h = R.reshape(_f32(x, v), [rows, k // 32, 32])
+    d = R.divide(R.max(R.abs(h), axis=[-1], keepdims=True), relax.const(127.0, "float32"))
+    safe = R.where(R.greater(d, relax.const(0.0, "float32")), d, relax.const(1.0, "float32"))
+    return R.round(R.divide(h, safe)), d
+
+
+def _q8_matmul(x: list[relax.Expr], a: dict, n: Node) -> relax.Expr:
+    """Reference lowering of Q8_MATMUL: the dequantized activations times the dequantized weights in fp32 (TVM
+    folds the weights' dequantization at build time: a dense fp32 matmul); where codegen/kernels/q8.py does not
+    apply (GPUs; partial panels or blocks)."""
+    v, (outs, k) = n.inputs[0], n.inputs[1].type.shape
+    rows = int(np.prod(v.type.shape[:-1]))
+    q, d = _quantize_blocks(x[0], v, rows, k)
+    h = R.reshape(R.multiply(q, d), [rows, k])
+    w = R.reshape(R.multiply(R.reshape(R.astype(x[1], "float32"), [outs, k // 32, 32]),
+                             R.expand_dims(_f32(x[2], n.inputs[2]), [-1])), [outs, k])
+    y = R.reshape(R.matmul(h, R.permute_dims(w, [1, 0])), list(n.outputs[0].type.shape))
+    return R.astype(y, v.type.dtype.value) if v.type.dtype.value != "float32" else y
+
+
+def _q8_kernel_fits(n: Node, target: tvm.target.Target | None) -> bool:
+    from codegen.kernels.q8 import q8_fits
+
+    _, q, d = n.inputs
+    return q.is_const and d.is_const and d.type.dtype.value == "float16" and q8_fits(*q.type.shape, target)
+
+
+def _q8_kernel(bb: relax.BlockBuilder, kernels: dict[str, relax.GlobalVar], x: relax.Expr, n: Node,
+               target: tvm.target.Target) -> relax.Expr:
+    """Q8_MATMUL through codegen/kernels/q8.py: the activations quantized by Relax ops (fused by TVM), the
+    weights re-laid out at build time."""
+    from codegen.kernels.q8 import has_pmaddwd, q8_kernel, q8_layout
+
+    v, (outs, k) = n.inputs[0], n.inputs[1].type.shape
+    rows = int(np.prod(v.type.shape[:-1]))
+    name = f"dense_q8_0_{rows}x{outs}x{k}"  # "dense_": the host model's dense class (codegen/census.py)
+    if name not in kernels:
+        threads = int(target.attrs.get("num-cores", 1))
+        kernels[name] = bb.add_func(q8_kernel(rows, outs, k, name, threads, has_pmaddwd(target)), name)
+    q, d = _quantize_blocks(x, v, rows, k)
+    w, dw = q8_layout(n.inputs[1].data, n.inputs[2].data)
+    args = [R.reshape(R.astype(q, "int16"), [rows, k]), R.reshape(d, [rows, k // 32]), relax.const(w), relax.const(dw)]
+    y = relax.call_tir(kernels[name], args, relax.TensorType((rows, outs // 8, 8), "float32"))
+    y = R.reshape(y, list(n.outputs[0].type.shape))
+    return R.astype(y, v.type.dtype.value) if v.type.dtype.value != "float32" else y
+
+
 def _bits(n: Node) -> int:
     return 1 if n.op is Op.SIGN_ACCUMULATE else 2
 
@@ -266,6 +315,7 @@ LOWERINGS: dict[Op, Lowering] = {
     Op.GELU: _gelu,
     Op.FLOOR: lambda x, a, n: R.floor(x[0]),
     Op.CEIL: lambda x, a, n: R.ceil(x[0]),
+    Op.ROUND: lambda x, a, n: R.round(x[0]),
     Op.ISNAN: lambda x, a, n: R.isnan(x[0]),
     Op.NOT: lambda x, a, n: R.logical_not(x[0]),
     Op.CAST: lambda x, a, n: R.astype(x[0], a["to"].value),
@@ -305,6 +355,7 @@ LOWERINGS: dict[Op, Lowering] = {
     Op.CUMSUM: lambda x, a, n: _cumsum(x[0], a),
     Op.SIGN_ACCUMULATE: _accumulate(1),
     Op.TERNARY_ACCUMULATE: _accumulate(2),
+    Op.Q8_MATMUL: _q8_matmul,
     Op.BROADCAST_TO: lambda x, a, n: R.broadcast_to(x[0], list(a["shape"])),
     Op.TRILU: lambda x, a, n: (R.triu if a["upper"] else R.tril)(x[0], a["k"]),
 }
@@ -363,6 +414,8 @@ def to_relax(graph: Graph, target: tvm.target.Target | None = None) -> "relax.IR
                 elif id(n) in appends:
                     cache = appends[id(n)]
                     expr = kv_cache.append(bb, kernels, cache, n, arg(cache.past), arg(n.inputs[1]))
+                elif n.op is Op.Q8_MATMUL and _q8_kernel_fits(n, target):
+                    expr = _q8_kernel(bb, kernels, arg(n.inputs[0]), n, target)
                 elif n.op in OpGroup.ACCUMULATE and _packed_kernel_fits(n):
                     expr = _accumulate_kernel(bb, kernels, [arg(v) for v in n.inputs], n, target)
                 else:

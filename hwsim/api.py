@@ -448,7 +448,8 @@ def _manifest(graph: Graph, ir_text: str, mod: Any, lib: Path, spec: Target, tvm
     return {
         **_common(graph, ir_text, timings),
         "target": {"name": spec.name, "kind": spec.kind, "tvm": str(tvm_target)},
-        "kernels": sorted(gv.name_hint for gv in mod.functions if "_accumulate_" in gv.name_hint),
+        "kernels": sorted(gv.name_hint for gv in mod.functions
+                          if "_accumulate_" in gv.name_hint or gv.name_hint.startswith("dense_q8_0_")),
         "artifacts": {"library": {"file": lib.name, "sha256": sha256_file(lib)},
                       "ir": {"file": "ir.txt", "sha256": sha256_text(ir_text)}},
     }

@@ -104,12 +104,16 @@ def _csv(values: tuple[str, ...]) -> list[str]:
               help="also verify and time CPU builds on a device running `python -m tvm.exec.rpc_server` "
                    "(or on a tracker's device, with --rpc-key)")
 @click.option("--rpc-key", metavar="KEY", help="device key to request from the RPC tracker at --rpc")
+@click.option("--head", "head_format", type=click.Choice(["fp16", "q8_0"]), default="fp16", show_default=True,
+              help="the LM head (and the input embedding tied to it) under base formats below fp32: fp16, or Q8_0 "
+                   "(int8 weights with an fp16 scale per 32, as llama.cpp's TQ2_0 and Q4_0 files of SmolLM2 store "
+                   "it; run as int8 dot products on the head's input quantized per 32 values)")
 @click.option("--json", "as_json", is_flag=True,
               help="print the manifest (one build) or results.json (a matrix) instead of a summary")
 def compile(model: str | None, targets: tuple[str, ...], formats: str | None, base_formats: str | None,
             adapter: Path | None, tokens: int | None, matched_bytes: bool, context: int, train: bool,
             steps: int | None, shape: tuple[str, ...], out: Path | None, force: bool, jobs: int | None, seed: int,
-            rtol: float, runs: int, rpc: str | None, rpc_key: str | None, as_json: bool) -> None:
+            rtol: float, runs: int, rpc: str | None, rpc_key: str | None, head_format: str, as_json: bool) -> None:
     """Compile MODEL for the targets, verify every build, and write a comparison report.
 
     MODEL is a built-in model (default: tiny-llama), a Hugging Face model directory (config + safetensors,
@@ -138,6 +142,8 @@ def compile(model: str | None, targets: tuple[str, ...], formats: str | None, ba
         raise HwsimError("--steps sets sign-form training, which --no-train turns off")
     target_list = _csv(targets)
     single = model is not None and Path(model).suffix == ".onnx" and len(target_list) <= 1
+    if single and head_format != "fp16":
+        raise HwsimError(f"--head {head_format} formats a model's LM head; {model} is an ONNX file, compiled as it is")
     with err_console.status("starting", spinner="dots") as status:
         def progress(msg: str) -> None:
             status.update(msg + " ...")
@@ -155,7 +161,8 @@ def compile(model: str | None, targets: tuple[str, ...], formats: str | None, ba
                                     targets=target_list or None, tokens=tokens, context=context,
                                     matched_bytes=matched_bytes, train_steps=steps if train else 0,
                                     shapes=_shapes(shape), out=out, force=force, workers=jobs, runs=runs, seed=seed,
-                                    rtol=rtol, rpc=rpc, rpc_key=rpc_key, progress=progress)
+                                    rtol=rtol, rpc=rpc, rpc_key=rpc_key, head_format=head_format,
+                                    progress=progress)
             report = matrix.report
     if as_json:
         click.echo((report.parent / "results.json").read_text() if not single else
@@ -512,9 +519,11 @@ def export(model: str, adapter: Path | None, fmt: str, base_format: str, bpw: fl
 @click.option("--importance", type=click.Choice(["none", "calibration"]), default=None,
               help="dbf/mdbf: weight each layer's input channels by their RMS on the model's held-in task inputs "
                    "(calibration) or not [default: none]")
+@click.option("--head", "head_format", type=click.Choice(["fp16", "q8_0"]), default="fp16", show_default=True,
+              help="the LM head (and the embedding tied to it) under the base formats: fp16 or Q8_0")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
 def formats(model: str, adapter: Path | None, formats: str, base_formats: str, bpw: float | None,
-            iters: int | None, importance: str | None, as_json: bool) -> None:
+            iters: int | None, importance: str | None, head_format: str, as_json: bool) -> None:
     """Compare formats on MODEL: bytes vs fp16, reconstruction error, output error on held-in inputs.
 
     Output errors are relative to the unquantised model (fp32 base + the trained adapter in fp32);
@@ -525,7 +534,7 @@ def formats(model: str, adapter: Path | None, formats: str, base_formats: str, b
     variants = [(f, "fp32") for f in formats.split(",") if f] + [("lora-fp16", b) for b in base_formats.split(",") if b]
     with err_console.status("fitting", spinner="dots") as status:
         rows = compare_formats(model, adapter=adapter, variants=variants, bpw=bpw, iters=iters, importance=importance,
-                               progress=lambda m: status.update(f"fitting {m} ..."))
+                               head_format=head_format, progress=lambda m: status.update(f"fitting {m} ..."))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -535,7 +544,7 @@ def formats(model: str, adapter: Path | None, formats: str, base_formats: str, b
 def _print_variants(rows: list[dict]) -> None:
     table = Table(title="formats (output error vs fp32 base + fp32 adapter, held-in inputs)")
     cols = ["adapter", "base", "adapter bytes", "vs fp16 LoRA", "base bytes", "vs fp16 base", "adapter rec. err",
-            "base rec. err", "output rel. err"]
+            "base rec. err", "head rec. err", "output rel. err"]
     if any("cosine_similarity" in r for r in rows):
         cols.append("cosine")
     for c in cols:
@@ -544,7 +553,9 @@ def _print_variants(rows: list[dict]) -> None:
         cells = [r["adapter_format"] or "-", r["base_format"], f"{r['adapter_bits'] // 8:,}",
                  f"{r['adapter_ratio_vs_lora_fp16']:.2f}x" if r["adapter_ratio_vs_lora_fp16"] else "-",
                  f"{r['base_bits'] // 8:,}", f"{r['base_ratio_vs_fp16']:.2f}x", f"{r['adapter_rel_error']:.4f}",
-                 f"{r['base_rel_error']:.4f}", f"{r['output_rel_error']:.4f}" if "output_rel_error" in r else "-"]
+                 f"{r['base_rel_error']:.4f}",
+                 f"{r['head_format']} {r['head_rel_error']:.4f}" if r.get("head_format") else "-",
+                 f"{r['output_rel_error']:.4f}" if "output_rel_error" in r else "-"]
         if "cosine" in cols:
             cells.append(f"{r['cosine_similarity']:.4f}" if "cosine_similarity" in r else "-")
         table.add_row(*cells)

@@ -106,9 +106,12 @@ def export_model(model: str, *, adapter: Path | None = None, adapter_format: str
 
 def compare_formats(model: str, *, adapter: Path | None = None, variants: list[tuple[str, str]],
                     bpw: float | None = None, iters: int | None = None, importance: str | None = None,
-                    progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Bytes and errors of each (adapter format, base format) pair on MODEL's held-in inputs."""
-    from models.variants import evaluate_variants
+                    head_format: str = "fp16", progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Bytes and errors of each (adapter format, base format) pair on MODEL's held-in inputs; bases below fp32
+    store the LM head in `head_format` (models.variants.HEAD_FORMATS)."""
+    from models.variants import HEAD_FORMATS, evaluate_variants
 
+    if head_format not in HEAD_FORMATS:
+        raise HwsimError(f"unknown head format '{head_format}' (known: {', '.join(HEAD_FORMATS)})")
     return evaluate_variants(model, str(adapter) if adapter else None, variants,
-                             base_opts=_base_opts(bpw, iters, importance), progress=progress)
+                             base_opts=_base_opts(bpw, iters, importance), head_format=head_format, progress=progress)

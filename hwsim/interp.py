@@ -131,6 +131,29 @@ def _accumulate(bits: int) -> Impl:
     return impl
 
 
+def quantize_blocks(x: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """fp32 [..., K] -> (int8 codes [..., K], fp32 scales [..., K/block]): per block d = max|x| / 127 and
+    q = round(x / d), ties to even (0 where the block is all zero). The activations' half of Q8_0 x Q8_0."""
+    xb = x.astype(np.float32).reshape(*x.shape[:-1], -1, block)
+    d = np.abs(xb).max(-1) / np.float32(127)
+    q = np.round(xb / np.where(d > 0, d, np.float32(1))[..., None])
+    return q.astype(np.int8).reshape(x.shape), d.astype(np.float32)
+
+
+def _q8_matmul(x: Arrays, a: dict) -> Arrays:
+    """y[..., n] = sum_b (dx[..., b] * dw[n, b]) * sum_i qx[..., b, i] * qw[n, b, i]: the activations quantized
+    per block (`quantize_blocks`), exact integer dot products per block, fp32 scaling and summation over blocks."""
+    block = a["block"]
+    qx, dx = quantize_blocks(x[0], block)
+    qw, dw = x[1], x[2].astype(np.float32)
+    n, k = qw.shape
+    lead = x[0].shape[:-1]
+    qx = qx.reshape(-1, k // block, block).astype(np.int32)
+    dots = np.einsum("mbi,nbi->mnb", qx, qw.reshape(n, k // block, block).astype(np.int32))
+    scale = dx.reshape(-1, 1, k // block) * dw[None]
+    return [(dots.astype(np.float32) * scale).sum(-1, dtype=np.float32).reshape(*lead, n)]
+
+
 def _trilu(x: Arrays, a: dict) -> Arrays:
     return [(np.triu if a["upper"] else np.tril)(x[0], a["k"])]
 
@@ -151,6 +174,7 @@ IMPLS: dict[Op, Impl] = {
     Op.GELU: _gelu,
     Op.FLOOR: lambda x, a: [np.floor(x[0])],
     Op.CEIL: lambda x, a: [np.ceil(x[0])],
+    Op.ROUND: lambda x, a: [np.round(x[0])],
     Op.ISNAN: lambda x, a: [np.isnan(x[0])],
     Op.NOT: lambda x, a: [np.logical_not(x[0])],
     Op.CAST: lambda x, a: [x[0].astype(a["to"].numpy)],
@@ -191,6 +215,7 @@ IMPLS: dict[Op, Impl] = {
     Op.TRILU: _trilu,
     Op.SIGN_ACCUMULATE: _accumulate(1),
     Op.TERNARY_ACCUMULATE: _accumulate(2),
+    Op.Q8_MATMUL: _q8_matmul,
 }
 assert set(IMPLS) == set(Op), f"ops without semantics: {set(Op) - set(IMPLS)}"
 assert set(IMPLS) >= OpGroup.UNARY

@@ -20,7 +20,7 @@ import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,13 @@ class Variant:
     rank: int | None = None  # adapter rank; None: as trained
     matched: str = "rank"  # "rank", "bytes" or "as-is"
     train_steps: int = 0  # sign-form training steps of the converted adapter (models/sign_distill.py); 0: none
+    head_format: str = "fp16"  # the LM head (and the embedding tied to it) under a base below fp32
+
+    def with_head(self, head_format: str) -> "Variant":
+        """The same variant with its LM head in `head_format`; a head other than fp16 is named in the id."""
+        if head_format == self.head_format:
+            return self
+        return replace(self, id=f"{self.id}+{head_format}", head_format=head_format)
 
 
 @dataclass(frozen=True)
@@ -201,7 +208,8 @@ def _export_variant(model: str, adapter: str | None, v: Variant, folder: Path, k
     trained = lora = load_adapter_for(base, adapter)
     if lora is not None and v.rank:
         lora = lora.truncated(v.rank)
-    report = apply_formats(base, lora, v.adapter_format if lora is not None else None, v.base_format)
+    report = apply_formats(base, lora, v.adapter_format if lora is not None else None, v.base_format,
+                           head_format=v.head_format)
     corpus = corpus_tokens(base)
     info = {"key": key, **asdict(v), "status": "ok",
             "rank": v.rank or (int(lora.config["r"]) if lora is not None else None),
@@ -378,7 +386,7 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
                    train_steps: int | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
                    out: Path | None = None, force: bool = False, workers: int | None = None, runs: int = 20,
                    seed: int = 0, rtol: float = 1e-3, rpc: str | None = None, rpc_key: str | None = None,
-                   overhead: bool = True, progress: Progress | None = None) -> MatrixResult:
+                   overhead: bool = True, head_format: str = "fp16", progress: Progress | None = None) -> MatrixResult:
     """Build the matrix and write the report (see the module docstring); returns where they are.
 
     Everything is cached by content: an unchanged rerun builds, fits, measures and writes nothing. `force`
@@ -387,9 +395,11 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
     `matched_bytes` adds each format at LoRDBA's adapter bytes, on each base. `train_steps`: sign-form training
     of the lordba, ternary and trit-plane adapters (None: DEFAULT_TRAIN_STEPS; 0: the plain
     conversion; a built-in model may set its own default), the plain conversion's quality recorded beside the
-    trained one's."""
+    trained one's. `head_format` (models.variants.HEAD_FORMATS) stores every variant's LM head, and the
+    embedding tied to it, in fp16 or Q8_0 (then named in the variant's id)."""
     from hwsim.api import resolve_model
     from models.formats.adapter import DEFAULT_TRAIN_STEPS
+    from models.variants import HEAD_FORMATS
     from models.zoo import DEFAULT_MODEL, ZOO
 
     step = progress or (lambda _m: None)
@@ -401,6 +411,8 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
 
         check_reachable(rpc)
     onnx_file = Path(model).suffix == ".onnx"
+    if onnx_file and head_format != "fp16":
+        raise HwsimError(f"--head {head_format} formats a model's LM head; {model} is an ONNX file, compiled as it is")
     if not onnx_file and model not in ZOO and not (Path(model) / "config.json").is_file():
         raise HwsimError(f"{model}: not an .onnx file, a built-in model ({', '.join(sorted(ZOO))}) nor a Hugging Face "
                          "model directory (no config.json)")
@@ -411,6 +423,10 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
         raise HwsimError(f"--steps must be 0 or more, got {train_steps}")
     if context < 1:
         raise HwsimError(f"--context must be at least 1 past token, got {context}")
+    if head_format not in HEAD_FORMATS:
+        raise HwsimError(f"unknown head format '{head_format}' (known: {', '.join(HEAD_FORMATS)})")
+    if head_format != "fp16" and "fp32" in (base_formats or DEFAULT_BASE_FORMATS):
+        raise HwsimError(f"--head {head_format} applies to base formats below fp32; drop fp32 from --base-formats")
     if adapter and not Path(adapter).is_dir():
         raise HwsimError(f"{adapter}: not an adapter directory")
     name = Path(model).stem if onnx_file else Path(model).name if model not in ZOO else model
@@ -430,6 +446,7 @@ def compile_matrix(model: str | None, *, adapter: str | None = None, formats: li
         formats = list(formats if formats is not None else zoo.formats if zoo and zoo.formats else DEFAULT_FORMATS)
         bases = list(base_formats or DEFAULT_BASE_FORMATS)
         variants, budget = _plan(model, adapter, formats, bases, matched_bytes, train_steps, root, step)
+        variants = [v.with_head(head_format) for v in variants]
         tokens = tokens or (next(iter(zoo.default_shapes.values()))[1] if zoo else 16)
         info = prepare_variants(model, adapter, variants, root, tokens, context, seed, rtol, force, step,
                                 workers=workers or os.cpu_count() or 1)

@@ -10,7 +10,7 @@ Nodes of constants alone are weights computed at build time, not activations, an
 from collections import Counter
 from dataclasses import dataclass
 
-from hwsim.ir import Graph, OpGroup, accumulate_inputs
+from hwsim.ir import Graph, Op, OpGroup, accumulate_inputs
 from hwsim.roofline import folded_at_compile_time
 
 
@@ -29,6 +29,9 @@ def memory_report(graph: Graph) -> MemoryReport:
             for role, v in zip(accumulate_inputs(n.attrs), n.inputs, strict=True):
                 if role in ("packed", "pre", "post"):
                     owner[id(v)] = layer_of.get(n.name, n.op.name)
+        elif n.op is Op.Q8_MATMUL:
+            for v in n.inputs[1:]:
+                owner[id(v)] = "Q8_0"
     by_format: Counter[str] = Counter()
     for c in graph.constants():
         by_format[owner.get(id(c), f"dense {c.type.dtype.value}")] += c.type.nbytes

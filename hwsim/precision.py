@@ -15,6 +15,10 @@ with no fp16 rounding at all (fp16 constants widened, roundings to fp16 made fp3
 `fp16_rounding`, is the whole effect of the fp16 roundings on each output, measured on the same inputs. The
 tolerance of an output is `rtol + 2 * fp16_rounding`: rtol is the budget of fp32 summation order alone (all
 that remains on an fp32 path, where fp16_rounding is 0).
+
+Rounding to integers is treated the same way: a Q8_0 matmul quantizes its activations per block with Round
+(models/onnx_functions.py), and a value that differs by summation order may round to the neighbouring integer.
+The unrounded twin makes those Rounds identities too, so `fp16_rounding` includes their effect.
 """
 
 from collections.abc import Iterator
@@ -33,9 +37,10 @@ F16, F32 = TensorProto.FLOAT16, TensorProto.FLOAT
 _NO_ARITHMETIC = {"Cast", "Shape", "Size"}
 RULE = ("tolerance = rtol + 2 x fp16_rounding: the reference is onnxruntime on the model's exact twin (every op "
         "on fp16 values computed in fp32 and rounded to fp16 once, the IR's semantics); fp16_rounding is the "
-        "output's change when the twin rounds nothing to fp16, max |twin - unrounded twin| / max |twin|; a "
-        "rounding an artifact does on a value that differs only by summation order lands at most one fp16 step "
-        "away, twice the rounding's own error; rtol is the budget for fp32 summation order")
+        "output's change when the twin rounds nothing to fp16 (nor to integers: quantized activations' Round), "
+        "max |twin - unrounded twin| / max |twin|; a rounding an artifact does on a value that differs only by "
+        "summation order lands at most one step away, twice the rounding's own error; rtol is the budget for fp32 "
+        "summation order")
 
 
 def _types(model: onnx.ModelProto) -> dict[str, int]:
@@ -73,11 +78,12 @@ def _fp16_compute_nodes(model: onnx.ModelProto, types: dict[str, int]) -> Iterat
 
 def exact_twin(model: onnx.ModelProto, *, round_fp16: bool = True) -> tuple[onnx.ModelProto, int]:
     """The model with every fp16 computation done in fp32 and rounded once (round_fp16), or with no fp16
-    rounding anywhere (not round_fp16). Returns it and the number of fp16 ops rewritten (0: fp32 path)."""
+    rounding anywhere and every Round an identity (not round_fp16). Returns it and the number of fp16 ops
+    rewritten (0: fp32 path)."""
     model = _inline(model)
     types = _types(model)
     rewrite = set(_fp16_compute_nodes(model, types))
-    if not rewrite:
+    if not rewrite and (round_fp16 or not integer_roundings(model)):
         return model, 0
     twin = onnx.ModelProto()
     twin.CopyFrom(model)
@@ -112,9 +118,18 @@ def exact_twin(model: onnx.ModelProto, *, round_fp16: bool = True) -> tuple[onnx
     return twin, len(rewrite)
 
 
+def integer_roundings(model: onnx.ModelProto) -> int:
+    """Round nodes of the (inlined) main graph: activations quantized at run time."""
+    return sum(n.op_type == "Round" for n in model.graph.node)
+
+
 def _drop_fp16_rounding(g: onnx.GraphProto) -> None:
     """fp16 constants widened (exact) and every rounding to fp16 made a cast to fp32, the graph's fp16 outputs
-    included (declared fp32 here): the final rounding is part of the measured effect too."""
+    included (declared fp32 here): the final rounding is part of the measured effect too. Rounds to integers
+    become identities."""
+    for n in g.node:
+        if n.op_type == "Round":
+            n.op_type = "Identity"
     for i, t in enumerate(g.initializer):
         if t.data_type == F16:
             g.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
@@ -138,6 +153,7 @@ class Reference:
     fp16_rounding: list[float]  # per output: max |twin - unrounded twin| / max |twin|
     fp16_ops: int  # ops the twin computes in fp32 instead of fp16 (0: an fp32 path)
     rtol: float
+    integer_roundings: int = 0  # Round nodes (quantized activations) whose effect fp16_rounding includes
 
     def tolerance(self, i: int) -> float:
         return self.rtol + 2 * self.fp16_rounding[i]
@@ -148,7 +164,8 @@ class Reference:
     def record(self) -> dict[str, Any]:
         """How the reference and the tolerance were made, for the manifest."""
         return {"reference": "onnxruntime on the exact twin" if self.fp16_ops else "onnxruntime",
-                "fp16_ops_widened": self.fp16_ops, "rtol": self.rtol, "tolerance_rule": RULE}
+                "fp16_ops_widened": self.fp16_ops, "integer_roundings": self.integer_roundings, "rtol": self.rtol,
+                "tolerance_rule": RULE}
 
     def row(self, i: int) -> dict[str, Any]:
         return {"tolerance": float(f"{self.tolerance(i):.4g}"), "fp16_rounding": float(f"{self.fp16_rounding[i]:.4g}")}
@@ -172,12 +189,13 @@ def reference(path: Path | onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: 
     """Run the exact twin (and, when fp16 ops are on the path, the unrounded twin) on `feeds`."""
     model = onnx.load(str(path)) if isinstance(path, Path | str) else path
     twin, count = exact_twin(model)
+    rounds = integer_roundings(_inline(model))
     try:
         session = _session(twin, threads)
         names = [o.name for o in session.get_outputs()]
         outs = session.run(None, feeds)
         rounding = [0.0] * len(outs)
-        if count:
+        if count or rounds:
             free = _session(exact_twin(model, round_fp16=False)[0], threads).run(None, feeds)
             rounding = [_rel(a, b) for a, b in zip(outs, free, strict=True)]
     except HwsimError:
@@ -186,7 +204,7 @@ def reference(path: Path | onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: 
         where = path if isinstance(path, Path | str) else model.graph.name
         raise HwsimError(f"{where}: onnxruntime cannot run the model's exact twin ({str(e).splitlines()[0]})") \
             from e
-    return Reference(names, outs, rounding, count, rtol)
+    return Reference(names, outs, rounding, count, rtol, rounds)
 
 
 def _rel(a: np.ndarray, b: np.ndarray) -> float:

@@ -10,12 +10,12 @@ from constants alone (a weight's cast and transpose) folded at compile time as T
 run-time cost; consumers read the folded constant, so an fp16 weight cast to fp32 is read at 4 bytes, except by
 a CPU's matmuls, which read the fp16 constant itself), every op at
 the fp32 rate (CPU: cores x FMA pipes x fp32 lanes x 2; GPU: the fp32 SIMT rate, since the kernels TVM's
-dlight rules generate here do not use tensor cores). Matmul ops are 2*M*N*K; accumulate ops 2*M*N*K too
-(decoded +-1 weights go through FMAs).
+dlight rules generate here do not use tensor cores). Matmul ops (Q8_0 ones too) are 2*M*N*K; accumulate
+ops 2*M*N*K too (decoded +-1 weights go through FMAs).
 
 Energy, from the target's own [energy] table (its node and DRAM; the result names the table): a matmul's
-M*N*K MACs at its operands' MAC figure (fp32 or fp16 FMA, int8 MAC), an accumulate op's M*N*K adds of float
-activations at fp32_add_pj (the weights only pick add, subtract or skip), other float ops at one FMA per two
+M*N*K MACs at its operands' MAC figure (fp32 or fp16 FMA, int8 MAC, Q8_0 too), an accumulate op's M*N*K adds of
+float activations at fp32_add_pj (the weights only pick add, subtract or skip), other float ops at one FMA per two
 ops, integer and boolean ops at int32_add_pj per op, data movement at no compute; every byte a node moves at
 the DRAM pJ/byte (no cache reuse, as for the latency).
 """
@@ -48,7 +48,7 @@ class NodeEstimate:
 
 def node_ops(n: Node) -> int:
     out = n.outputs[0].type
-    if n.op is Op.MATMUL:
+    if n.op in (Op.MATMUL, Op.Q8_MATMUL):
         return 2 * out.size * n.inputs[0].type.shape[-1]
     if n.op in OpGroup.ACCUMULATE:
         return 2 * out.size * n.attrs["k"]
@@ -87,6 +87,8 @@ def _compute_pj(n: Node, spec: Target) -> float:
         mac = (e.fp16_fma_pj if dtypes == {DType.FLOAT16} else e.int8_mac_pj if dtypes <= {DType.INT8, DType.UINT8}
                else e.fp32_fma_pj)
         return ops / 2 * mac
+    if n.op is Op.Q8_MATMUL:
+        return ops / 2 * e.int8_mac_pj
     if n.op in OpGroup.ACCUMULATE:
         return ops / 2 * e.fp32_add_pj
     if n.op in MOVES:

@@ -10,6 +10,8 @@ trits and scales and which format they belong to. Op signatures (x: float [..., 
            B_amp f16[in, l])
   TernaryMatMul(x, trits u8[out, in/4] (i2 codes), scale f32[])
   TritPlane(x, T1 u8[out, in/4], T2 u8[out, in/4], alpha1 f16[out], alpha2 f16[out])
+  Q8MatMul(x, q i8[out, in], d f16[out, in/32]): Q8_0 weights times x quantized per 32 values (d = max|x| / 127,
+           round(x / d) ties to even), as dequantized float matmuls
 Signs: bit = 1 means +1, LSB first along the row; trits: code t + 1 in 2 bits, LSB first.
 """
 
@@ -25,6 +27,7 @@ SIGNATURES: dict[str, list[str]] = {
     "MDBFPath": ["x", "signs_A", "signs_B", "A_amp", "Q_U", "Q_V", "B_amp"],
     "TernaryMatMul": ["x", "trits", "scale"],
     "TritPlane": ["x", "T1", "T2", "alpha1", "alpha2"],
+    "Q8MatMul": ["x", "q", "d"],
 }
 
 
@@ -116,8 +119,26 @@ def _tritplane(b: _Body) -> str:
     return b.op("Add", y1, y2)
 
 
+def _q8_matmul(b: _Body) -> str:
+    """(round(x / dx) * dx) @ (q * d).T, per block of 32: the int8 dot products' value, in float."""
+    block = b.const(np.array([-1, 32]))
+    lead = b.op("Shape", "x", start=0, end=-1)
+    xb = b.op("Reshape", "x", b.op("Concat", lead, block, axis=0))  # [..., K/32, 32]
+    amax = b.op("ReduceMax", b.op("Abs", xb), b.const(np.array([-1])), keepdims=1)
+    dx = b.op("Div", amax, b.const(np.array(127.0, np.float32)))
+    safe = b.op("Where", b.op("Greater", dx, b.const(np.array(0.0, np.float32))), dx,
+                b.const(np.array(1.0, np.float32)))
+    xq = b.op("Mul", b.op("Round", b.op("Div", xb, safe)), dx)
+    xd = b.op("Reshape", xq, b.op("Concat", lead, b.const(np.array([-1])), axis=0))
+    rows = b.dim0("q")
+    qb = b.op("Reshape", b.f32("q"), b.op("Concat", rows, block, axis=0))  # [N, K/32, 32]
+    w = b.op("Mul", qb, b.op("Unsqueeze", b.f32("d"), b.const(np.array([-1]))))
+    return b.matmul_t(xd, b.op("Reshape", w, b.op("Concat", rows, b.const(np.array([-1])), axis=0)))
+
+
 _BODIES = {"LoRDBA": lambda b: _lordba(b, True), "LoRDBARank": lambda b: _lordba(b, False), "DBF": _dbf,
-           "MDBFPath": _mdbf_path, "TernaryMatMul": _ternary, "TritPlane": _tritplane}
+           "MDBFPath": _mdbf_path, "TernaryMatMul": _ternary, "TritPlane": _tritplane,
+           "Q8MatMul": _q8_matmul}
 
 
 def function_proto(op_type: str, opset: int) -> onnx.FunctionProto:

@@ -8,7 +8,7 @@ the module is both the export source and the torch reference the exported file i
 import numpy as np
 import onnxscript
 import torch
-from onnxscript import FLOAT, FLOAT16, UINT8
+from onnxscript import FLOAT, FLOAT16, INT8, UINT8
 from onnxscript import opset20 as op
 from onnxscript.values import Opset
 
@@ -65,12 +65,20 @@ def _tritplane(x: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor, alpha1: torc
     return (x @ _unpack(t1, m, 2).T) * alpha1.float() + (x @ _unpack(t2, m, 2).T) * alpha2.float()
 
 
+def _q8_matmul(x: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    xb = x.unflatten(-1, (-1, 32))
+    dx = xb.abs().amax(-1, keepdim=True) / 127
+    xd = (torch.round(xb / torch.where(dx > 0, dx, torch.ones_like(dx))) * dx).flatten(-2)
+    return xd @ (q.float().unflatten(-1, (-1, 32)) * d.float().unsqueeze(-1)).flatten(-2).T
+
+
 lordba = torch.library.custom_op("hwsim::lordba", mutates_args=())(_lordba)
 lordba_rank = torch.library.custom_op("hwsim::lordba_rank", mutates_args=())(_lordba_rank)
 dbf = torch.library.custom_op("hwsim::dbf", mutates_args=())(_dbf)
 mdbf_path = torch.library.custom_op("hwsim::mdbf_path", mutates_args=())(_mdbf_path)
 ternary_matmul = torch.library.custom_op("hwsim::ternary_matmul", mutates_args=())(_ternary_matmul)
 tritplane = torch.library.custom_op("hwsim::tritplane", mutates_args=())(_tritplane)
+q8_matmul = torch.library.custom_op("hwsim::q8_matmul", mutates_args=())(_q8_matmul)
 
 
 lordba.register_fake(lambda x, sa, sb, mu, u, v: _out(x, sb.shape[0]))
@@ -79,6 +87,7 @@ dbf.register_fake(lambda x, sa, sb, a, mu, b: _out(x, sa.shape[0]))
 mdbf_path.register_fake(lambda x, sa, sb, aa, qu, qv, ba: _out(x, sa.shape[0]))
 ternary_matmul.register_fake(lambda x, t, s: _out(x, t.shape[0]))
 tritplane.register_fake(lambda x, t1, t2, a1, a2: _out(x, t1.shape[0]))
+q8_matmul.register_fake(lambda x, q, d: _out(x, q.shape[0]))
 
 
 def _grad_in_x(impl):
@@ -97,7 +106,7 @@ def _grad_in_x(impl):
 
 
 for _op, _impl in ((lordba, _lordba), (lordba_rank, _lordba_rank), (dbf, _dbf), (mdbf_path, _mdbf_path),
-                   (ternary_matmul, _ternary_matmul), (tritplane, _tritplane)):
+                   (ternary_matmul, _ternary_matmul), (tritplane, _tritplane), (q8_matmul, _q8_matmul)):
     _setup, _backward = _grad_in_x(_impl)
     _op.register_autograd(_backward, setup_context=_setup)
 
@@ -135,10 +144,16 @@ def _t_tritplane(x: FLOAT, t1: UINT8, t2: UINT8, alpha1: FLOAT16, alpha2: FLOAT1
     return hwsim.TritPlane(x, t1, t2, alpha1, alpha2)
 
 
+@onnxscript.script(_translate, default_opset=op)
+def _t_q8_matmul(x: FLOAT, q: INT8, d: FLOAT16) -> FLOAT:
+    return hwsim.Q8MatMul(x, q, d)
+
+
 TRANSLATIONS = {
     torch.ops.hwsim.lordba.default: _t_lordba, torch.ops.hwsim.lordba_rank.default: _t_lordba_rank,
     torch.ops.hwsim.dbf.default: _t_dbf, torch.ops.hwsim.mdbf_path.default: _t_mdbf_path,
     torch.ops.hwsim.ternary_matmul.default: _t_ternary, torch.ops.hwsim.tritplane.default: _t_tritplane,
+    torch.ops.hwsim.q8_matmul.default: _t_q8_matmul,
 }
 
 
@@ -221,6 +236,30 @@ class HalfEmbedding(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.embedding(ids, self.weight).float()
+
+
+class Q8Linear(torch.nn.Module):
+    """A bias-free nn.Linear (the LM head) in Q8_0 (models/formats/q8_0.py), its input quantized per 32 values;
+    q and d are frozen parameters, shared with the embedding where it is tied (as HalfLinear's weight is)."""
+
+    def __init__(self, q: torch.nn.Parameter, d: torch.nn.Parameter):
+        super().__init__()
+        self.q, self.d = q, d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return q8_matmul(x, self.q, self.d)
+
+
+class Q8Embedding(torch.nn.Module):
+    """An input embedding reading a Q8_0 table (the LM head's, when tied): rows dequantized to fp32."""
+
+    def __init__(self, q: torch.nn.Parameter, d: torch.nn.Parameter):
+        super().__init__()
+        self.q, self.d = q, d
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = torch.nn.functional.embedding(ids, self.q).float().unflatten(-1, (-1, 32))
+        return (rows * torch.nn.functional.embedding(ids, self.d).float().unsqueeze(-1)).flatten(-2)
 
 
 class Fp32LoraBranch(torch.nn.Module):

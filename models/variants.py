@@ -14,13 +14,24 @@ import torch
 
 from hwsim.errors import HwsimError, VerificationError
 from models.export import quiet
-from models.formats import BASE_FORMATS, Dbf, Mdbf, Ternary, TritPlane, WeightFormat
+from models.formats import BASE_FORMATS, Dbf, Mdbf, Ternary, TritPlane, WeightFormat, rel_error
 from models.formats.adapter import ADAPTER_FORMATS
+from models.formats.q8_0 import Q80
 from models.peft_io import LoraAdapter, convert_adapter, read_adapter
-from models.torch_formats import AdaptedLinear, FormatLinear, Fp32LoraBranch, HalfEmbedding, HalfLinear, branch_module
+from models.torch_formats import (
+    AdaptedLinear,
+    FormatLinear,
+    Fp32LoraBranch,
+    HalfEmbedding,
+    HalfLinear,
+    Q8Embedding,
+    Q8Linear,
+    branch_module,
+)
 from models.zoo import ZOO, zoo_dir
 
 _SKIP_BASE = ("lm_head", "embed", "pooler", "classifier")
+HEAD_FORMATS = ("fp16", "q8_0")  # the LM head (and the embedding tied to it) under a base format below fp32
 _DECODERS = ("llama", "mistral", "qwen2")
 
 
@@ -142,14 +153,20 @@ class VariantReport:
     base_fp16_bits: int = 0
     adapter_rel_error: float = 0.0  # mean over modules of ||dW - dW_hat|| / ||dW||
     base_rel_error: float = 0.0
+    head_format: str | None = None  # the LM head's format: None where the model keeps its own (an fp32 base)
+    head_rel_error: float = 0.0  # ||W - W_hat|| / ||W|| of the LM head in its stored format
     modules: list[dict[str, Any]] = field(default_factory=list)
     fitted: list[Any] = field(default_factory=list)  # the adapter's ModuleResults (not in the summary)
     training: dict[str, Any] | None = None  # sign-form training, when it ran (models/sign_distill.py)
 
 
 def apply_formats(base: Base, adapter: LoraAdapter | None, adapter_format: str | None, base_format: str,
-                  base_opts: dict[str, Any] | None = None, adapter_opts: dict[str, Any] | None = None) -> VariantReport:
+                  base_opts: dict[str, Any] | None = None, adapter_opts: dict[str, Any] | None = None,
+                  head_format: str = "fp16") -> VariantReport:
     """Replace base linears and attach the adapter branch in place; returns bytes and errors.
+
+    `head_format` stores the LM head (and the input embedding where it is tied) in fp16 or Q8_0 under every
+    base format below fp32 (`_low_bit_output_layer`).
 
     `base_opts` (bpw, iters, importance) apply to the binary factorisations dbf and mdbf; importance
     "calibration" weights each layer's input channels by their RMS on the model's held-in task inputs.
@@ -160,6 +177,10 @@ def apply_formats(base: Base, adapter: LoraAdapter | None, adapter_format: str |
         raise HwsimError(f"unknown base format '{base_format}' (known: {', '.join(BASE_FORMATS)})")
     if adapter_format not in (None, "reference", *ADAPTER_FORMATS):
         raise HwsimError(f"unknown adapter format '{adapter_format}' (known: {', '.join(ADAPTER_FORMATS)})")
+    if head_format not in HEAD_FORMATS:
+        raise HwsimError(f"unknown head format '{head_format}' (known: {', '.join(HEAD_FORMATS)})")
+    if head_format != "fp16" and base_format == "fp32":
+        raise HwsimError(f"head format {head_format} needs a base format below fp32 (the fp32 base keeps its head)")
     report = VariantReport(adapter_format, base_format)
     model = base.model
     if adapter is not None:
@@ -188,7 +209,8 @@ def apply_formats(base: Base, adapter: LoraAdapter | None, adapter_format: str |
             base_errors.append(f.report.rel_error)
         model.set_submodule(name, new)
     if base_format != "fp32":
-        _half_output_layer(model)
+        report.head_rel_error = _low_bit_output_layer(model, head_format)
+        report.head_format = head_format
     report.base_rel_error = float(np.mean(base_errors)) if base_errors else 0.0
     if adapter is not None and adapter_format == "reference":
         for module, (a, b) in adapter.modules.items():
@@ -208,25 +230,45 @@ def apply_formats(base: Base, adapter: LoraAdapter | None, adapter_format: str |
     return report
 
 
-def _half_output_layer(model: torch.nn.Module) -> None:
-    """The LM head and the input embedding (one fp16 table where they are tied) in fp16 under every base
-    format below fp32.
+def _frozen(a: np.ndarray) -> torch.nn.Parameter:
+    return torch.nn.Parameter(torch.from_numpy(a), requires_grad=False)
+
+
+def _low_bit_output_layer(model: torch.nn.Module, head_format: str) -> float:
+    """The LM head and the input embedding (one table where they are tied) in fp16 or Q8_0 under every base
+    format below fp32; returns the head's relative weight error.
 
     The output layer is the largest single matrix of a small LLM (SmolLM2-135M: 28M of 135M parameters) and
     is read whole for every token; low-bit schemes keep it at 8-16 bits (BitNet b1.58 does not ternarise it,
     llama.cpp's TQ2_0 GGUF of SmolLM2 stores it Q8_0, its F16 one F16). Left fp32 it was 113 MB a token, a third
-    of an fp16 base's decode reads and four fifths of a ternary one's."""
+    of an fp16 base's decode reads and four fifths of a ternary one's; Q8_0 halves fp16's 56 MB and runs as
+    int8 dot products."""
     head = getattr(model, "lm_head", None)
     if not isinstance(head, torch.nn.Linear):
-        return
+        return 0.0
     emb = model.get_input_embeddings()
     tied = isinstance(emb, torch.nn.Embedding) and emb.weight is head.weight
+    w = head.weight.detach().float().numpy()
+    if head_format == "q8_0":
+        if head.bias is not None or w.shape[1] % 32:
+            raise HwsimError(f"head format q8_0 needs a bias-free LM head with rows in blocks of 32; this one is "
+                             f"{list(w.shape)}{' with a bias' if head.bias is not None else ''}")
+        f = Q80.fit(w)
+        q, d = _frozen(f.q), _frozen(f.d)
+        model.set_submodule("lm_head", Q8Linear(q, d))
+        if tied:
+            model.set_input_embeddings(Q8Embedding(q, d))
+        elif isinstance(emb, torch.nn.Embedding):
+            e = Q80.fit(emb.weight.detach().float().numpy())
+            model.set_input_embeddings(Q8Embedding(_frozen(e.q), _frozen(e.d)))
+        return rel_error(w, f.reconstruct())
     half = HalfLinear(head)
     model.set_submodule("lm_head", half)
     if tied:
         model.set_input_embeddings(HalfEmbedding(half.weight))
     elif isinstance(emb, torch.nn.Embedding):
         model.set_input_embeddings(HalfEmbedding(torch.nn.Parameter(emb.weight.detach().half(), requires_grad=False)))
+    return rel_error(w, half.weight.detach().float().numpy())
 
 
 def train_adapter(base: Base, adapter: LoraAdapter, report: VariantReport, *, steps: int, seed: int = 0,
@@ -348,14 +390,16 @@ def load_adapter_for(base: Base, adapter_dir: str | None) -> LoraAdapter | None:
 
 
 def evaluate_variants(model: str, adapter_dir: str | None, variants: list[tuple[str, str]], *, seed: int = 0,
-                      base_opts: dict[str, Any] | None = None,
+                      base_opts: dict[str, Any] | None = None, head_format: str = "fp16",
                       progress: Any = None) -> list[dict[str, Any]]:
     """Bytes, reconstruction and output errors of each (adapter format, base format) on held-in inputs,
-    against the unquantised model (fp32 base + the trained fp32 adapter, unmerged)."""
+    against the unquantised model (fp32 base + the trained fp32 adapter, unmerged); bases below fp32 store the
+    LM head in `head_format`."""
     def run(adapter_format: str, base_format: str) -> tuple[np.ndarray, VariantReport]:
         base = load_base(model)
         adapter = load_adapter_for(base, adapter_dir)
-        report = apply_formats(base, adapter, adapter_format, base_format, base_opts=base_opts)
+        report = apply_formats(base, adapter, adapter_format, base_format, base_opts=base_opts,
+                               head_format=head_format if base_format != "fp32" else "fp16")
         with torch.no_grad():
             return base.wrapper()(*base.inputs(seed)).numpy(), report
 

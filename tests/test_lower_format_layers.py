@@ -1,5 +1,5 @@
-"""The pass that turns ai.hwsim format layers into SIGN/TERNARY_ACCUMULATE ops: one before/expected case
-per format, and layers it cannot match stay dense with the reason recorded."""
+"""The pass that turns ai.hwsim format layers into SIGN/TERNARY_ACCUMULATE ops (a Q8_0 matmul into Q8_MATMUL):
+one before/expected case per format, and layers it cannot match stay dense with the reason recorded."""
 
 import numpy as np
 import onnx
@@ -12,10 +12,11 @@ from hwsim.frontend import import_model
 from hwsim.ir import Op
 from hwsim.passes import DEFAULT_PIPELINE, run_pipeline
 from models.formats import Dbf, Lordba, Mdbf, Ternary, TritPlane
+from models.formats.q8_0 import Q80
 from models.onnx_functions import SIGNATURES, attach_functions
 
 RNG = np.random.default_rng(11)
-N, M, R = 24, 40, 8
+N, M, R = 24, 64, 8  # M: two Q8_0 blocks
 A, B = RNG.standard_normal((R, M)), RNG.standard_normal((N, R))
 W = RNG.standard_normal((N, M))
 
@@ -31,6 +32,9 @@ def _inputs(op_type: str) -> dict[str, np.ndarray]:
     if op_type == "MDBFPath":
         p = Mdbf.fit(W, bpw=3.0, l=2, iters=2).pack()
         return {k: p[f"p0.{k}"] for k in ("signs_A", "signs_B", "A_amp", "Q_U", "Q_V", "B_amp")}
+    if op_type == "Q8MatMul":
+        f = Q80.fit(W)
+        return {"q": f.q, "d": f.d}
     if op_type == "TernaryMatMul":
         t = Ternary.fit(W)
         return {"trits": t.pack()["trits"], "scale": np.array(t.gamma, np.float32)}
@@ -60,6 +64,7 @@ EXPECTED = {  # (op, pre, post) of each accumulate node, in order
     "MDBFPath": [(Op.SIGN_ACCUMULATE, 1, 1)] * 4,
     "TernaryMatMul": [(Op.TERNARY_ACCUMULATE, 0, 1)],
     "TritPlane": [(Op.TERNARY_ACCUMULATE, 0, 1)] * 2,
+    "Q8MatMul": [],
 }
 
 
@@ -71,11 +76,13 @@ def test_format_layer_becomes_accumulate_ops(op_type: str) -> None:
     acc = [(n.op, n.attrs["pre"], n.attrs["post"]) for n in graph.nodes if n.op in (Op.SIGN_ACCUMULATE,
                                                                                     Op.TERNARY_ACCUMULATE)]
     assert acc == EXPECTED[op_type]
-    assert {n.op for n in graph.nodes} <= {Op.SIGN_ACCUMULATE, Op.TERNARY_ACCUMULATE, Op.ADD, Op.RELU}
+    kernel_ops = {Op.Q8_MATMUL} if op_type == "Q8MatMul" else {Op.SIGN_ACCUMULATE, Op.TERNARY_ACCUMULATE}
+    assert {n.op for n in graph.nodes} <= kernel_ops | {Op.ADD, Op.RELU}
+    assert any(n.op in kernel_ops for n in graph.nodes)
     (layer,) = graph.layers
     assert layer.lowered and layer.name == "layer"
     packed = {v.name: v.data for n in graph.nodes for v in n.inputs[1:2]}
-    sources = {k: v for k, v in _inputs(op_type).items() if v.dtype == np.uint8}
+    sources = {k: v for k, v in _inputs(op_type).items() if v.dtype in (np.uint8, np.int8)}
     assert all(any(np.array_equal(p, s) for p in packed.values()) for s in sources.values())  # same bytes
     got, want = interp.run(graph, feeds)[0], run_ort(model, feeds)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
@@ -99,7 +106,7 @@ def test_inspect_reports_layers(tmp_path) -> None:
 
     model, _ = layer_model("LoRDBA", runtime=("signs_A",))
     onnx.save(model, str(tmp_path / "m.onnx"))
-    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.onnx"), "--shape", "signs_A=8x5", "--json"])
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "m.onnx"), "--shape", "signs_A=8x8", "--json"])
     assert result.exit_code == 0, result.stderr
     import json
 

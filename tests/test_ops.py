@@ -81,6 +81,7 @@ CASES = [
     Case("Cos", "Cos", {"x": f32(*S)}),
     Case("Abs", "Abs", {"x": f32(*S)}),
     Case("Floor", "Floor", {"x": f32(*S) * 3}),
+    Case("Round", "Round", {"x": np.concatenate([np.arange(-3.5, 4, 0.5), f32(9) * 3]).astype(np.float32)}),
     Case("Ceil", "Ceil", {"x": f32(*S) * 3}),
     Case("Softmax", "Softmax", {"x": f32(*S)}),
     Case("Softmax-axis0", "Softmax", {"x": f32(*S)}, attrs={"axis": 0}),

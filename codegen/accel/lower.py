@@ -140,6 +140,8 @@ def _gemm_node(n: Node, spec: Target, swapped: frozenset[int] = frozenset()) -> 
         layer = GemmLayer(m, nn, k, kind, x.type.dtype.value, "uint8", packed=True, wt=False,
                           c_dtype=n.outputs[0].type.dtype.value)
         roles = {"A": x, "W": packed, **{r: v[r] for r in ("pre", "post", "add") if r in v}}
+    elif n.op is Op.Q8_MATMUL:
+        return "a Q8_0 matmul (a scale per 32 products): no array applies per-block scales"
     else:
         return "not a GEMM"
     array = accel.array_for(kind)
@@ -290,7 +292,7 @@ def lower(graph: Graph, target: Target) -> AccelProgram:
             instrs.append(Instr(Opcode.BARRIER, i))
             plan.unit, plan.detail = "vector", f"{operand.name.lower()} operand" if y is not None or imm else ""
         else:
-            why = gemm if n.op is Op.MATMUL or n.op in OpGroup.ACCUMULATE else vec
+            why = gemm if n.op in (Op.MATMUL, Op.Q8_MATMUL) or n.op in OpGroup.ACCUMULATE else vec
             seconds = roofline.node_seconds(n, host)
             host_cycles[i] = max(1, math.ceil(seconds * accel.clock_mhz * 1e6))
             host_pj[i] = roofline.node_pj(n, host)

@@ -205,6 +205,19 @@ def _accumulate(bits: int) -> Callable[[Types, Attrs], Types]:
     return rule
 
 
+def _q8_matmul(ts: Types, a: Attrs) -> Types:
+    """x [..., K] float, q [N, K] int8, scales [N, K/block] float -> [..., N] in x's dtype."""
+    x, q, d = ts
+    block = a["block"]
+    if not x.dtype.is_float or not x.rank:
+        raise TypeError(f"x {x} is not a float tensor")
+    if q.dtype is not DType.INT8 or q.rank != 2 or q.shape[1] != x.shape[-1] or x.shape[-1] % block:
+        raise TypeError(f"weights {q} are not int8 [N, K={x.shape[-1]}] in whole blocks of {block}")
+    if not d.dtype.is_float or d.shape != (q.shape[0], q.shape[1] // block):
+        raise TypeError(f"scales {d} are not float [N={q.shape[0]}, K/{block}={q.shape[1] // block}]")
+    return [TensorType((*x.shape[:-1], q.shape[0]), x.dtype)]
+
+
 def _broadcast_to(ts: Types, a: Attrs) -> Types:
     shape = tuple(a["shape"])
     if broadcast(ts[0].shape, shape) != shape:
@@ -262,6 +275,7 @@ RULES: dict[Op, Callable[[Types, Attrs], Types]] = {
     Op.BROADCAST_TO: _broadcast_to,
     Op.SIGN_ACCUMULATE: _accumulate(1),
     Op.TERNARY_ACCUMULATE: _accumulate(2),
+    Op.Q8_MATMUL: _q8_matmul,
     Op.TRILU: _trilu,
 }
 

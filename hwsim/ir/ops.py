@@ -26,6 +26,7 @@ class Op(Enum):
     GELU = auto()
     FLOOR = auto()
     CEIL = auto()
+    ROUND = auto()  # to nearest, ties to even (ONNX Round)
     ISNAN = auto()
     NOT = auto()
     CAST = auto()
@@ -60,6 +61,9 @@ class Op(Enum):
     # low-bit accumulations on packed weights (no multiplies inside; scales only at the edges)
     SIGN_ACCUMULATE = auto()
     TERNARY_ACCUMULATE = auto()
+    # int8 dot products on Q8_0 blocks: x quantized per block of K to int8 at run time, weights int8 with one scale
+    # per block (llama.cpp's Q8_0 x Q8_0)
+    Q8_MATMUL = auto()
     # data movement
     RESHAPE = auto()
     TRANSPOSE = auto()
@@ -77,7 +81,7 @@ class OpGroup:
     """Op families, so rules can match a family without listing each op."""
 
     UNARY = frozenset({Op.NEG, Op.ABS, Op.SQRT, Op.RECIPROCAL, Op.EXP, Op.LOG, Op.SIN, Op.COS, Op.TANH,
-                       Op.SIGMOID, Op.RELU, Op.ERF, Op.GELU, Op.FLOOR, Op.CEIL})
+                       Op.SIGMOID, Op.RELU, Op.ERF, Op.GELU, Op.FLOOR, Op.CEIL, Op.ROUND})
     PREDICATE_UNARY = frozenset({Op.ISNAN, Op.NOT})
     ARITH_BINARY = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.POW, Op.MAX, Op.MIN})
     COMPARE = frozenset({Op.EQUAL, Op.LESS, Op.LESS_EQUAL, Op.GREATER, Op.GREATER_EQUAL})
@@ -118,6 +122,7 @@ def _defs() -> dict[Op, OpDef]:
     # inputs: x, packed, [pre_scale [K]], [post_scale [N] or []], [addend [..., N]]; attrs say which are present
     for op in OpGroup.ACCUMULATE:
         d[op] = OpDef(2, 5, frozenset({"k", "pre", "post"}), frozenset({"add"}))
+    d[Op.Q8_MATMUL] = OpDef(3, 3, frozenset({"block"}))  # x [..., K], q int8 [N, K], scales [N, K/block]
     d[Op.RESHAPE] = OpDef(1, 1, frozenset({"shape"}))
     d[Op.TRANSPOSE] = OpDef(1, 1, frozenset({"perm"}))
     d[Op.CONCAT] = OpDef(1, 1 << 16, frozenset({"axis"}))

@@ -8,6 +8,7 @@ SIGN_ACCUMULATE / TERNARY_ACCUMULATE nodes with the scales folded in as pre/post
   MDBFPath    sum_j A_j * S_A(Q_U,j * z), z = sum_j Q_V,j * S_B(B_j * x)   (2l accumulations)
   TernaryMatMul  scale * (T x)                   -> tacc(x, T, post=scale)
   TritPlane   a1 * T1 x + a2 * T2 x              -> tacc(x, T1, post=a1) + tacc(x, T2, post=a2)
+  Q8MatMul    Q8_0 weights x Q8_0-quantized x    -> Q8_MATMUL(x, q, d)
 Uses of the layer's output move to the new value; its expanded (dense) body becomes dead and
 `eliminate_dead_code` removes it. A layer that does not match exactly (non-constant packed weights, a
 shape or dtype that does not fit) stays dense, with the reason in `Layer.status` (`hwsim inspect`).
@@ -60,9 +61,9 @@ def _need(layer: Layer, names: list[str]) -> list[Value]:
     for v, name in zip(rest, names[1:], strict=True):
         if not v.is_const:
             raise Mismatch(f"input {name} is not a constant")
-        want = DType.UINT8 if name.startswith(("signs", "trits", "T")) else None
+        want = DType.UINT8 if name.startswith(("signs", "trits", "T")) else DType.INT8 if name == "q" else None
         if want is not None and v.type.dtype is not want:
-            raise Mismatch(f"input {name} is {v.type}, expected uint8 packed weights")
+            raise Mismatch(f"input {name} is {v.type}, expected {want.value} weights")
         if want is None and not v.type.dtype.is_float:
             raise Mismatch(f"input {name} is {v.type}, expected float scales")
     return layer.inputs
@@ -111,9 +112,14 @@ def _tritplane(b: _Builder) -> Value:
     return b.emit(Op.ADD, [y1, y2])
 
 
+def _q8_matmul(b: _Builder) -> Value:
+    x, q, d = _need(b.layer, ["x", "q", "d"])
+    return b.emit(Op.Q8_MATMUL, [x, q, d], {"block": 32})
+
+
 RULES: dict[str, Callable[[_Builder], Value]] = {
     "LoRDBA": _lordba, "LoRDBARank": _lordba_rank, "DBF": _dbf, "MDBFPath": _mdbf_path,
-    "TernaryMatMul": _ternary, "TritPlane": _tritplane,
+    "TernaryMatMul": _ternary, "TritPlane": _tritplane, "Q8MatMul": _q8_matmul,
 }
 
 
