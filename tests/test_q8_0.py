@@ -118,8 +118,9 @@ def test_kernel_matches_the_interpreter(m: int, n: int, k: int, threads: int, pm
 
 
 def test_tiny_llama_q8_head_exports_compiles_and_verifies(tmp_path: Path) -> None:
-    """The tied embedding and LM head in Q8_0 (tiny-llama's tied here): exported (checked against torch), one Q8_MATMUL in the IR, the
-    host (vpmaddwd where the CPU has AVX2) and cortex-a76 (portable: smlal, under qemu) builds verified."""
+    """The tied embedding and LM head in Q8_0 (tiny-llama's tied here, as SmolLM2's are): exported (checked
+    against torch), one Q8_MATMUL in the IR, the host (vpmaddwd where the CPU has AVX2) and cortex-a76
+    (portable: smlal, under qemu) builds verified."""
     from hwsim.api import compile_model
     from models.variants import apply_formats, export_variant, load_adapter_for, load_base
 
