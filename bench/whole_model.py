@@ -173,9 +173,10 @@ def main() -> None:
     from hwsim.api import cpu_name
     from hwsim.matrix import compile_matrix
 
-    pairs = [(*v.split("+"), "fp16")[:3] for v in args.variants.split(",")]
-    if bad := [v for v, q in zip(args.variants.split(","), pairs, strict=True) if len(v.split("+")) not in (2, 3)]:
-        p.error(f"--variants: {bad[0]} is not ADAPTER_FORMAT+BASE_FORMAT[+HEAD_FORMAT]")
+    specs = [v.split("+") for v in args.variants.split(",")]
+    if bad := next((v for v in specs if len(v) not in (2, 3)), None):
+        p.error(f"--variants: {'+'.join(bad)} is not ADAPTER_FORMAT+BASE_FORMAT[+HEAD_FORMAT]")
+    pairs = [(*v, "fp16")[:3] for v in specs]
     bandwidth = [dram_read_gbs(t)]
     print(f"DRAM read bandwidth, measured (streaming read): {bandwidth[0]:.1f} GB/s ({t} threads)")
     rows: list[dict] = []
